@@ -1,0 +1,54 @@
+# The two commands: `make run` starts the stack, `make test` passes the tests. Both set
+# up what they need first (Debian packages, the virtual environment).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: all setup system venv run test lint unit integration image-test bench image clean
+
+all: test
+
+setup: system venv
+
+system:
+	bash scripts/setup-system.sh
+
+$(BIN)/browser-agent: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+venv: $(BIN)/browser-agent
+
+run: setup
+	bash supervisor/run-local.sh
+
+lint: venv
+	$(BIN)/ruff check agent tests bench
+	$(BIN)/mypy agent
+
+unit: venv
+	$(BIN)/pytest tests/unit
+
+integration: setup
+	$(BIN)/pytest tests/integration
+
+image-test: setup
+	$(BIN)/pytest -m image tests/image
+
+test: setup lint
+	$(BIN)/pytest tests/unit tests/integration
+	$(BIN)/pytest -m image tests/image
+
+bench: setup
+	$(BIN)/python bench/computer.py
+	$(BIN)/python bench/files.py
+	$(BIN)/python bench/processes.py
+	$(BIN)/python bench/browser.py
+
+image: setup
+	bash images/build.sh
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

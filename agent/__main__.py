@@ -1,0 +1,39 @@
+"""`browser-agent` / `python -m agent`: CLI → Settings → run. Nothing else reads the
+environment."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from agent.app import create_app
+from agent.config import ConfigError, load_settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        settings = load_settings(argv)
+    except ConfigError as exc:
+        print(f"browser-agent: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("aiohttp.access").disabled = True
+    app = create_app(settings)
+    logging.getLogger("agent").info(
+        "listening on %s:%d (auth %s, display %s)",
+        settings.listen_host, settings.port,
+        "required" if settings.auth_required else "off", settings.display,
+    )
+    web.run_app(app, host=settings.listen_host, port=settings.port, access_log=None,
+                print=None, shutdown_timeout=10.0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""The app factory: middlewares (request id, access log, errors, auth), our own routes
+(/health, /spec.*), every slice's routes, and their `/browsers/{id}` aliases."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from agent import __version__
+from agent.appkeys import HEALTH_PROBES, SETTINGS
+from agent.auth import SCOPE_KEY, authenticate, bearer_token, has_scope
+from agent.browser import routes as browser_routes
+from agent.computer import routes as computer_routes
+from agent.config import Settings
+from agent.errors import AgentError, Forbidden, InternalError, NotFound
+from agent.files import routes as files_routes
+from agent.health import default_probes
+from agent.logs import routes as logs_routes
+from agent.processes import routes as processes_routes
+from agent.spec import ALIAS_PREFIX, operation_for, spec_json, spec_text
+
+__all__ = ["SETTINGS", "create_app"]
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("agent.access")
+
+REQUEST_ID_KEY = web.RequestKey("request_id", str)
+_REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_STATUS_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+SLICES = (computer_routes, files_routes, processes_routes, logs_routes, browser_routes)
+
+
+def error_response(exc: AgentError, request_id: str | None = None) -> web.Response:
+    response = web.json_response(exc.to_json(), status=exc.status, headers=exc.headers)
+    if request_id:
+        response.headers["X-Request-Id"] = request_id
+    return response
+
+
+@web.middleware
+async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Request id (kept from the caller when sane) and one access-log line per request."""
+    incoming = request.headers.get("X-Request-Id", "")
+    request_id = incoming if _REQUEST_ID_OK.match(incoming) else uuid.uuid4().hex
+    request[REQUEST_ID_KEY] = request_id
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    finally:
+        # The path only: query strings may carry tokens.
+        access_log.info(
+            "%s %s %s %d %.1fms rid=%s",
+            request.remote, request.method, request.path, status,
+            (time.perf_counter() - started) * 1000, request_id,
+        )
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Render every failure as the spec's Error JSON; never a traceback or HTML page."""
+    request_id = request.get(REQUEST_ID_KEY)
+    try:
+        return await handler(request)
+    except AgentError as exc:
+        if exc.status >= 500:
+            log.warning("%s %s failed: %s rid=%s", request.method, request.path, exc.message,
+                        request_id)
+        return error_response(exc, request_id)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _STATUS_CODES.get(exc.status, f"http_{exc.status}")
+        message = exc.reason
+        if exc.status == 404:
+            message = f"no such endpoint: {request.method} {request.path}"
+        elif exc.status == 405:
+            message = f"method {request.method} not allowed on {request.path}"
+        err = AgentError(message, code=code)
+        err.status = exc.status
+        return error_response(err, request_id)
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        log.exception("unhandled error in %s %s rid=%s", request.method, request.path,
+                      request_id)
+        return error_response(
+            InternalError(f"internal error (request id {request_id})"), request_id
+        )
+
+
+@web.middleware
+async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Scope per operation from the spec's x-scope; the /browsers/{id} check after it."""
+    if request.match_info.http_exception is not None:
+        return await handler(request)  # unknown route or method: the router's 404/405
+    settings = request.app[SETTINGS]
+    op = operation_for(request)
+    needed = op.scope if op is not None else "admin"
+    if needed != "none":
+        granted = authenticate(request, settings.tokens, bearer_token(request))
+        if not has_scope(granted, needed):
+            raise Forbidden(f"{request.method} {request.path} needs the {needed} scope; "
+                            f"this token has {granted}")
+        request[SCOPE_KEY] = granted
+    browser_id = request.match_info.get("browser_id")
+    if browser_id is not None and settings.browser_id and browser_id != settings.browser_id:
+        raise NotFound(f"no such browser: {browser_id}")
+    return await handler(request)
+
+
+async def _add_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    request_id = request.get(REQUEST_ID_KEY)
+    if request_id and "X-Request-Id" not in response.headers:
+        response.headers["X-Request-Id"] = request_id
+
+
+async def health(request: web.Request) -> web.Response:
+    probes = request.app[HEALTH_PROBES]
+    names = list(probes)
+    results = await asyncio.gather(*(probes[name]() for name in names))
+    healthy = all(result.get("ok") for result in results)
+    body: dict[str, Any] = {"status": "ok" if healthy else "degraded", "version": __version__}
+    body.update(zip(names, results, strict=True))
+    return web.json_response(body, status=200 if healthy else 503)
+
+
+async def get_spec_yaml(request: web.Request) -> web.Response:
+    return web.Response(text=spec_text(), content_type="application/yaml")
+
+
+async def get_spec_json(request: web.Request) -> web.Response:
+    return web.Response(text=spec_json(), content_type="application/json")
+
+
+def add_browser_aliases(app: web.Application) -> None:
+    """Every route also answers under /browsers/{id}/... (what the Kernel SDKs call)."""
+    for route in list(app.router.routes()):
+        resource = route.resource
+        if resource is None or route.method == "HEAD":
+            continue
+        path = resource.canonical
+        if path.startswith("/browsers/"):
+            continue
+        if route.method == "GET":
+            app.router.add_get(ALIAS_PREFIX + path, route.handler)
+        else:
+            app.router.add_route(route.method, ALIAS_PREFIX + path, route.handler)
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(
+        middlewares=[request_context, errors, auth],
+        client_max_size=settings.max_body_bytes,
+    )
+    app[SETTINGS] = settings
+    app[HEALTH_PROBES] = default_probes(settings)
+    app.on_response_prepare.append(_add_request_id)
+    app.router.add_get("/health", health)
+    app.router.add_get("/spec.yaml", get_spec_yaml)
+    app.router.add_get("/spec.json", get_spec_json)
+    for slice_routes in SLICES:
+        slice_routes.setup(app)
+    add_browser_aliases(app)
+    return app

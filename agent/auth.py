@@ -1,0 +1,59 @@
+"""Bearer tokens with scopes (API.md, "Auth"): admin ⊃ write ⊃ read.
+
+Tokens are compared in constant time and never logged. With no token configured the
+daemon is reachable only from loopback (or where --allow-unauthenticated says so), and
+every caller has every scope.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping
+
+from aiohttp import web
+
+from agent.errors import Forbidden, Unauthorized
+
+RANK = {"read": 1, "write": 2, "admin": 3}
+SCOPE_KEY = web.RequestKey("scope", str)
+
+
+def token_scope(tokens: Mapping[str, str], presented: str) -> str | None:
+    """The scope of `presented`, comparing against every token in constant time."""
+    found: str | None = None
+    given = presented.encode()
+    for token, scope in tokens.items():
+        if hmac.compare_digest(token.encode(), given):
+            found = scope
+    return found
+
+
+def bearer_token(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    kind, _, value = header.partition(" ")
+    if kind.lower() == "bearer" and value.strip():
+        return value.strip()
+    return None
+
+
+def authenticate(request: web.Request, tokens: Mapping[str, str], token: str | None) -> str:
+    """The caller's scope; raises 401 when a token is needed and missing or wrong."""
+    if not tokens:
+        return "admin"
+    if token is None:
+        raise Unauthorized("missing bearer token", headers={"WWW-Authenticate": "Bearer"})
+    scope = token_scope(tokens, token)
+    if scope is None:
+        raise Unauthorized("invalid bearer token", headers={"WWW-Authenticate": "Bearer"})
+    return scope
+
+
+def has_scope(granted: str, needed: str) -> bool:
+    return RANK.get(granted, 0) >= RANK.get(needed, 99)
+
+
+def require_scope(request: web.Request, needed: str, what: str = "this operation") -> None:
+    """For checks that depend on the body (as_user, owner changes): 403 below `needed`."""
+    granted = request.get(SCOPE_KEY, "read")
+    if not has_scope(granted, needed):
+        raise Forbidden(f"{what} needs the {needed} scope; this token has {granted}")

@@ -1,0 +1,249 @@
+"""Settings: one frozen dataclass, read from `AGENT_*` environment variables with CLI flags
+overriding them. Every option is declared once, in `OPTIONS`, with its environment name,
+its flag and its help text, so `browser-agent --help` documents exactly what is read.
+Nothing else in the daemon reads the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+SCOPES = ("read", "write", "admin")
+
+
+class ConfigError(ValueError):
+    """A setting has a value the daemon cannot run with."""
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"not a boolean: {text!r}")
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"not an integer: {text!r}") from None
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"not a number: {text!r}") from None
+
+
+def _str(text: str) -> str:
+    return text
+
+
+def _opt_str(text: str) -> str | None:
+    return text or None
+
+
+def parse_tokens(text: str) -> dict[str, str]:
+    """`tok1:read,tok2:write,tok3` → {token: scope}; a token without a scope is admin."""
+    tokens: dict[str, str] = {}
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        token, sep, scope = item.rpartition(":")
+        if not sep or scope not in SCOPES:
+            token, scope = item, "admin"
+        if not token:
+            raise ConfigError("empty token in token list")
+        tokens[token] = scope
+    return tokens
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str  # Settings attribute
+    env: str
+    flag: str
+    parse: Callable[[str], Any]
+    help: str
+    is_flag: bool = False  # a bare CLI switch (store_true)
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("host", "AGENT_HOST", "--host", _opt_str,
+           "listen address; default 127.0.0.1 without a token, 0.0.0.0 with one"),
+    Option("port", "AGENT_PORT", "--port", _int, "listen port (default 10001)"),
+    Option("display", "AGENT_DISPLAY", "--display", _str,
+           "X display Chromium draws on (default $DISPLAY, else :1)"),
+    Option("api_token", "AGENT_API_TOKEN", "--api-token", _str,
+           "bearer token with the admin scope"),
+    Option("api_tokens", "AGENT_API_TOKENS", "--api-tokens", _str,
+           "more tokens with scopes: 'tokA:read,tokB:write,tokC:admin'"),
+    Option("allow_unauthenticated", "AGENT_ALLOW_UNAUTHENTICATED", "--allow-unauthenticated",
+           _bool, "serve without a token on a non-loopback address (trusted networks only)",
+           is_flag=True),
+    Option("browser_id", "AGENT_BROWSER_ID", "--browser-id", _opt_str,
+           "this browser's id; requests under /browsers/{other id}/ are 404"),
+    Option("cdp_address", "AGENT_CDP_ADDRESS", "--cdp-address", _str,
+           "Chromium's DevTools host:port (default 127.0.0.1:9223)"),
+    Option("log_level", "AGENT_LOG_LEVEL", "--log-level", _str,
+           "debug, info, warning or error (default info)"),
+    Option("default_user", "AGENT_DEFAULT_USER", "--default-user", _opt_str,
+           "the browser's user: owner of created files, user of spawned processes (as root)"),
+    Option("max_body_bytes", "AGENT_MAX_JSON_BYTES", "--max-json-bytes", _int,
+           "largest JSON request body accepted (default 1 MiB)"),
+    Option("sse_keepalive_s", "AGENT_SSE_KEEPALIVE", "--sse-keepalive", _float,
+           "seconds between SSE keepalive comments (default 15)"),
+    # files
+    Option("zip_max_entries", "AGENT_ZIP_MAX_ENTRIES", "--zip-max-entries", _int,
+           "most entries an uploaded zip may hold (default 10000)"),
+    Option("zip_max_bytes", "AGENT_ZIP_MAX_BYTES", "--zip-max-bytes", _int,
+           "largest total uncompressed size of an uploaded zip (default 2 GiB)"),
+    Option("watch_buffer", "AGENT_WATCH_BUFFER", "--watch-buffer", _int,
+           "events a watch keeps for readers and Last-Event-ID resume (default 4096)"),
+    Option("watch_idle_s", "AGENT_WATCH_IDLE", "--watch-idle", _float,
+           "seconds an unread watch lives before it expires (default 600)"),
+    # processes
+    Option("max_processes", "AGENT_MAX_PROCESSES", "--max-processes", _int,
+           "most live spawned processes (default 64)"),
+    Option("process_retention_s", "AGENT_PROCESS_RETENTION", "--process-retention", _float,
+           "seconds an exited process stays queryable (default 600)"),
+    Option("exec_output_cap", "AGENT_EXEC_OUTPUT_CAP", "--exec-output-cap", _int,
+           "bytes of stdout and of stderr kept by exec (default 16 MiB each)"),
+    Option("process_buffer_bytes", "AGENT_PROCESS_BUFFER", "--process-buffer", _int,
+           "bytes of output a spawned process keeps for replay (default 8 MiB)"),
+    Option("kill_grace_s", "AGENT_KILL_GRACE", "--kill-grace", _float,
+           "seconds between TERM and KILL when stopping processes (default 5)"),
+    # logs and supervisord
+    Option("supervisor_socket", "AGENT_SUPERVISOR_SOCKET", "--supervisor-socket", _str,
+           "supervisord's XML-RPC unix socket (default /run/browser-agent/supervisor.sock)"),
+    # browser
+    Option("cdp_proxy_host", "AGENT_CDP_PROXY_HOST", "--cdp-proxy-host", _opt_str,
+           "address of the public DevTools endpoint (default: the API's host)"),
+    Option("cdp_proxy_port", "AGENT_CDP_PROXY_PORT", "--cdp-proxy-port", _int,
+           "port of the public DevTools endpoint; 0 turns it off (default 9222)"),
+    Option("extensions_dir", "AGENT_EXTENSIONS_DIR", "--extensions-dir", _str,
+           "where uploaded extensions are unpacked (default ~browser-user/extensions)"),
+    Option("chromium_program", "AGENT_CHROMIUM_PROGRAM", "--chromium-program", _str,
+           "supervisord program that runs Chromium (default chromium)"),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str | None = None
+    port: int = 10001
+    display: str = ":1"
+    api_token: str = ""
+    api_tokens: str = ""
+    allow_unauthenticated: bool = False
+    browser_id: str | None = None
+    cdp_address: str = "127.0.0.1:9223"
+    log_level: str = "info"
+    default_user: str | None = None
+    max_body_bytes: int = 1 << 20
+    sse_keepalive_s: float = 15.0
+    zip_max_entries: int = 10_000
+    zip_max_bytes: int = 2 << 30
+    watch_buffer: int = 4096
+    watch_idle_s: float = 600.0
+    max_processes: int = 64
+    process_retention_s: float = 600.0
+    exec_output_cap: int = 16 << 20
+    process_buffer_bytes: int = 8 << 20
+    kill_grace_s: float = 5.0
+    supervisor_socket: str = "/run/browser-agent/supervisor.sock"
+    cdp_proxy_host: str | None = None
+    cdp_proxy_port: int = 9222
+    extensions_dir: str = ""
+    chromium_program: str = "chromium"
+    tokens: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def listen_host(self) -> str:
+        if self.host:
+            return self.host
+        return "0.0.0.0" if self.tokens else "127.0.0.1"
+
+    @property
+    def auth_required(self) -> bool:
+        return bool(self.tokens)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="browser-agent",
+        description="In-VM browser agent daemon: the per-browser Kernel API over HTTP. "
+        "Every flag has an environment twin (shown in brackets); flags win.",
+    )
+    for opt in OPTIONS:
+        if opt.is_flag:
+            parser.add_argument(opt.flag, dest=opt.name, action="store_const", const="1",
+                                default=None, help=f"{opt.help} [{opt.env}]")
+        else:
+            parser.add_argument(opt.flag, dest=opt.name, default=None,
+                                help=f"{opt.help} [{opt.env}]")
+    return parser
+
+
+def load_settings(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Environment first, then CLI flags; validates what cannot be run with."""
+    env = os.environ if environ is None else environ
+    args = build_parser().parse_args(argv)
+    values: dict[str, Any] = {}
+    if env.get("DISPLAY"):
+        values["display"] = env["DISPLAY"]
+    for opt in OPTIONS:
+        raw = getattr(args, opt.name)
+        if raw is None:
+            raw = env.get(opt.env)
+        if raw is None:
+            continue
+        try:
+            values[opt.name] = opt.parse(raw)
+        except ConfigError as exc:
+            raise ConfigError(f"{opt.flag} / {opt.env}: {exc}") from None
+    return make_settings(**values)
+
+
+def make_settings(**values: Any) -> Settings:
+    """Build and check a Settings (also what tests use to configure an app)."""
+    tokens = dict(values.pop("tokens", {}) or {})
+    if values.get("api_token"):
+        tokens[values["api_token"]] = "admin"
+    if values.get("api_tokens"):
+        tokens.update(parse_tokens(values["api_tokens"]))
+    settings = Settings(**values, tokens=tokens)
+    if settings.log_level.lower() not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"--log-level: unknown level {settings.log_level!r}")
+    if not 0 <= settings.port <= 65535:
+        raise ConfigError(f"--port: out of range: {settings.port}")
+    if (
+        not settings.tokens
+        and not settings.allow_unauthenticated
+        and not is_loopback(settings.listen_host)
+    ):
+        raise ConfigError(
+            f"refusing to listen on {settings.listen_host} without an API token: set "
+            "AGENT_API_TOKEN, or pass --allow-unauthenticated on a trusted network"
+        )
+    return settings

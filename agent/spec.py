@@ -1,0 +1,225 @@
+"""The daemon's OpenAPI document, and validation at the edge against it.
+
+Request bodies and query parameters are checked against the very schemas `/spec.json`
+publishes, so the contract and the code cannot drift. A bad field becomes a 400 whose
+`details` name it.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, cast
+
+import yaml
+from aiohttp import web
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
+
+from agent.appkeys import SETTINGS
+from agent.errors import BadRequest, PayloadTooLarge, field_error
+
+ALIAS_PREFIX = "/browsers/{browser_id}"
+HTTP_METHODS = ("get", "put", "post", "delete", "patch", "head", "options")
+
+
+@dataclass(frozen=True)
+class Operation:
+    method: str  # lower case
+    path: str  # spec path template, e.g. /process/{process_id}/status
+    scope: str  # read | write | admin | none
+    raw: Mapping[str, Any]
+
+
+@functools.cache
+def spec_text() -> str:
+    return resources.files("agent").joinpath("openapi.yaml").read_text(encoding="utf-8")
+
+
+@functools.cache
+def spec_document() -> dict[str, Any]:
+    doc = yaml.safe_load(spec_text())
+    if not isinstance(doc, dict):
+        raise RuntimeError("agent/openapi.yaml is not a mapping")
+    return doc
+
+
+@functools.cache
+def spec_json() -> str:
+    return json.dumps(spec_document(), ensure_ascii=False)
+
+
+@functools.cache
+def operations() -> dict[tuple[str, str], Operation]:
+    ops: dict[tuple[str, str], Operation] = {}
+    for path, item in spec_document().get("paths", {}).items():
+        for method in HTTP_METHODS:
+            op = item.get(method)
+            if op is None:
+                continue
+            scope = str(op.get("x-scope", "admin"))
+            ops[(method, path)] = Operation(method, path, scope, op)
+    return ops
+
+
+def canonical_path(template: str) -> str:
+    """The spec path of a route template, with the /browsers/{id} alias prefix removed."""
+    if template.startswith(ALIAS_PREFIX + "/"):
+        return template[len(ALIAS_PREFIX):]
+    return template
+
+
+def operation_for(request: web.Request) -> Operation | None:
+    route = request.match_info.route
+    resource = route.resource
+    if resource is None:
+        return None
+    method = request.method.lower()
+    if method == "head":
+        method = "get"
+    return operations().get((method, canonical_path(resource.canonical)))
+
+
+def _resolve(schema: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Follow a local `$ref` (one level is all our request bodies use)."""
+    ref = schema.get("$ref")
+    if not isinstance(ref, str) or not ref.startswith("#/"):
+        return schema
+    node: Any = spec_document()
+    for part in ref[2:].split("/"):
+        node = node[part]
+    return _resolve(node)
+
+
+@functools.cache
+def _validator_for(op_key: tuple[str, str], kind: str, name: str = "") -> Draft202012Validator:
+    op = operations()[op_key].raw
+    if kind == "body":
+        schema = op["requestBody"]["content"]["application/json"]["schema"]
+    else:
+        schema = next(p["schema"] for p in op.get("parameters", []) if p.get("name") == name)
+    root = {**copy.deepcopy(dict(schema)), "components": spec_document().get("components", {})}
+    return Draft202012Validator(root)
+
+
+def _error_details(errors: Iterator[ValidationError], prefix: str = "") -> list[dict[str, Any]]:
+    details: list[dict[str, Any]] = []
+    for err in sorted(errors, key=lambda e: list(map(str, e.absolute_path))):
+        where = ".".join(str(p) for p in err.absolute_path)
+        base = prefix + where if where else prefix.rstrip(".")
+        if err.validator == "required" and isinstance(err.instance, dict):
+            for name in cast(list[str], err.validator_value):
+                if name not in err.instance:
+                    field = f"{base}.{name}" if base else name
+                    details.append(field_error(field, "is required", "missing_field"))
+        elif err.validator == "additionalProperties" and isinstance(err.instance, dict):
+            schema = cast(Mapping[str, Any], err.schema)
+            allowed = set(schema.get("properties", {}))
+            for name in err.instance:
+                if name not in allowed:
+                    field = f"{base}.{name}" if base else name
+                    details.append(field_error(field, "is not a known field", "unknown_field"))
+        else:
+            details.append(field_error(base or "body", err.message))
+    return details
+
+
+def _fill_defaults(schema: Mapping[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+    for name, prop in _resolve(schema).get("properties", {}).items():
+        if name not in body and isinstance(prop, Mapping) and "default" in prop:
+            body[name] = copy.deepcopy(prop["default"])
+    return body
+
+
+def validate_body(op: Operation, body: Any) -> dict[str, Any]:
+    key = (op.method, op.path)
+    errors = list(_validator_for(key, "body").iter_errors(body))
+    if errors:
+        details = _error_details(iter(errors))
+        raise BadRequest(details[0]["message"] if len(details) == 1 else
+                         f"{len(details)} invalid fields: " +
+                         ", ".join(d["field"] for d in details), details=details)
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    schema = op.raw["requestBody"]["content"]["application/json"]["schema"]
+    return _fill_defaults(schema, body)
+
+
+async def request_json(request: web.Request) -> dict[str, Any]:
+    """The request's JSON body, validated against its operation's schema, defaults filled."""
+    op = operation_for(request)
+    if op is None or "requestBody" not in op.raw:
+        raise RuntimeError(f"no request body schema for {request.method} {request.path}")
+    required = bool(op.raw["requestBody"].get("required", False))
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[SETTINGS].max_body_bytes
+        raise PayloadTooLarge(f"request body larger than the {limit}-byte limit") from None
+    if not raw.strip():
+        if required:
+            raise BadRequest("a JSON request body is required",
+                             details=[field_error("body", "is required", "missing_field")])
+        return validate_body(op, {})
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"malformed JSON body: {exc}") from None
+    return validate_body(op, body)
+
+
+def _coerce(name: str, raw: str, schema: Mapping[str, Any]) -> Any:
+    kind = _resolve(schema).get("type")
+    if kind == "integer":
+        try:
+            return int(raw)
+        except ValueError:
+            raise BadRequest(f"{name} must be an integer",
+                             details=[field_error(name, "must be an integer")]) from None
+    if kind == "number":
+        try:
+            return float(raw)
+        except ValueError:
+            raise BadRequest(f"{name} must be a number",
+                             details=[field_error(name, "must be a number")]) from None
+    if kind == "boolean":
+        lowered = raw.lower()
+        if lowered in ("true", "1", "yes"):
+            return True
+        if lowered in ("false", "0", "no"):
+            return False
+        raise BadRequest(f"{name} must be true or false",
+                         details=[field_error(name, "must be true or false")])
+    return raw
+
+
+def request_query(request: web.Request) -> dict[str, Any]:
+    """Query parameters of the operation, checked and coerced per the spec; defaults filled."""
+    op = operation_for(request)
+    if op is None:
+        raise RuntimeError(f"no operation for {request.method} {request.path}")
+    values: dict[str, Any] = {}
+    for param in op.raw.get("parameters", []):
+        if param.get("in") != "query":
+            continue
+        name = param["name"]
+        schema = param.get("schema", {})
+        raw = request.query.get(name)
+        if raw is None:
+            if param.get("required"):
+                raise BadRequest(f"query parameter {name} is required",
+                                 details=[field_error(name, "is required", "missing_field")])
+            if "default" in _resolve(schema):
+                values[name] = copy.deepcopy(_resolve(schema)["default"])
+            continue
+        value = _coerce(name, raw, schema)
+        errors = list(_validator_for((op.method, op.path), "param", name).iter_errors(value))
+        if errors:
+            details = _error_details(iter(errors), prefix=name)
+            raise BadRequest(details[0]["message"], details=details)
+        values[name] = value
+    return values

@@ -1,0 +1,109 @@
+"""The one server-sent-events writer (API.md, "SSE").
+
+Frames carry `id: <sequence>` and one JSON object in `data:`; a comment frame keeps idle
+streams alive; `Last-Event-ID` (header, or the `last_event_id` query parameter for
+clients that cannot set headers) says where a reconnecting reader resumes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from types import TracebackType
+from typing import Any
+
+from aiohttp import web
+
+from agent.appkeys import SETTINGS
+from agent.errors import BadRequest
+
+
+def last_event_id(request: web.Request) -> int:
+    """The sequence a reader already has (0 when it has nothing)."""
+    raw = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
+    if raw is None or raw.strip() == "":
+        return 0
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise BadRequest(f"Last-Event-ID must be an integer, got {raw!r}") from None
+    if value < 0:
+        raise BadRequest("Last-Event-ID must not be negative")
+    return value
+
+
+class SSEWriter:
+    def __init__(self, request: web.Request, keepalive_s: float) -> None:
+        self._request = request
+        self._keepalive_s = keepalive_s
+        self._lock = asyncio.Lock()
+        self._response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "X-SSE-Content-Type": "application/json",
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",
+            }
+        )
+        self._keepalive: asyncio.Task[None] | None = None
+        self._activity = asyncio.Event()
+
+    @property
+    def response(self) -> web.StreamResponse:
+        return self._response
+
+    async def __aenter__(self) -> SSEWriter:
+        await self._response.prepare(self._request)
+        if self._keepalive_s > 0:
+            self._keepalive = asyncio.create_task(self._keep_alive())
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keepalive
+        if exc_type is None:
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await self._response.write_eof()
+
+    async def send(
+        self, data: Any, *, id: int | str | None = None, event: str | None = None
+    ) -> None:
+        lines = []
+        if id is not None:
+            lines.append(f"id: {id}")
+        if event is not None:
+            lines.append(f"event: {event}")
+        lines.append("data: " + json.dumps(data, separators=(",", ":"), ensure_ascii=False))
+        await self._write(("\n".join(lines) + "\n\n").encode())
+
+    async def comment(self, text: str = "keepalive") -> None:
+        await self._write(f": {text}\n\n".encode())
+
+    async def _write(self, frame: bytes) -> None:
+        async with self._lock:
+            await self._response.write(frame)
+        self._activity.set()
+
+    async def _keep_alive(self) -> None:
+        while True:
+            self._activity.clear()
+            try:
+                await asyncio.wait_for(self._activity.wait(), self._keepalive_s)
+            except TimeoutError:
+                try:
+                    await self.comment()
+                except (ConnectionError, RuntimeError):
+                    return
+
+
+def open_sse(request: web.Request) -> SSEWriter:
+    """`async with open_sse(request) as sse: await sse.send({...}, id=n)`."""
+    return SSEWriter(request, request.app[SETTINGS].sse_keepalive_s)

@@ -1,0 +1,246 @@
+"""Real components for tests: Xvfb on a free display, Chromium with DevTools on a free
+port, and a small CDP client to read the page's side of every effect."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import websockets
+
+CHROMIUM_FLAGS = (
+    "--no-sandbox",
+    "--no-first-run",
+    "--no-default-browser-check",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-default-apps",
+    "--disable-features=Translate,MediaRouter",
+    "--password-store=basic",
+    "--use-mock-keychain",
+    "--disable-dev-shm-usage",
+    "--disable-session-crashed-bubble",
+    "--hide-crash-restore-bubble",
+)
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02,
+               what: str = "condition") -> Any:
+    """Poll `predicate` until it returns a truthy value; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+async def async_wait_until(predicate: Callable[[], Any], timeout: float = 10.0,
+                           interval: float = 0.02, what: str = "condition") -> Any:
+    """Like wait_until, for async predicates (coroutine functions) or plain ones."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def free_display() -> int:
+    for number in range(50, 500):
+        if not os.path.exists(f"/tmp/.X{number}-lock") and not os.path.exists(
+            f"/tmp/.X11-unix/X{number}"
+        ):
+            return number
+    raise RuntimeError("no free X display number")
+
+
+@dataclass
+class Xvfb:
+    number: int
+    width: int
+    height: int
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def name(self) -> str:
+        return f":{self.number}"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["Xvfb", self.name, "-screen", "0", f"{self.width}x{self.height}x24",
+             "-nolisten", "tcp", "-ac"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_until(self.answers, timeout=15, what=f"Xvfb {self.name} to answer")
+
+    def answers(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"Xvfb {self.name} exited with {self.proc.returncode}")
+        result = subprocess.run(["xdpyinfo", "-display", self.name],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return result.returncode == 0
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+@dataclass
+class Chromium:
+    display: str
+    width: int
+    height: int
+    port: int = 0
+    extra_flags: tuple[str, ...] = ()
+    proc: subprocess.Popen[bytes] | None = None
+    profile: str = ""
+    _page_id: str = ""
+    _own_profile: bool = field(default=False, repr=False)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        if not self.port:
+            self.port = free_port()
+        if not self.profile:
+            self.profile = tempfile.mkdtemp(prefix="agent-test-profile-")
+            self._own_profile = True
+        env = {**os.environ, "DISPLAY": self.display}
+        self.proc = subprocess.Popen(
+            ["chromium", *CHROMIUM_FLAGS, f"--user-data-dir={self.profile}",
+             f"--remote-debugging-port={self.port}", "--remote-debugging-address=127.0.0.1",
+             "--window-position=0,0", f"--window-size={self.width},{self.height}",
+             "--start-maximized", *self.extra_flags, "about:blank"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_until(self._page_target, timeout=30, what="Chromium's DevTools to list a page")
+
+    def _page_target(self) -> str:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"Chromium exited with {self.proc.returncode}")
+        try:
+            targets = self.http_json("/json/list")
+        except OSError:
+            return ""
+        for target in targets:
+            if target.get("type") == "page":
+                self._page_id = target["id"]
+                return str(target["webSocketDebuggerUrl"])
+        return ""
+
+    def http_json(self, path: str) -> Any:
+        with urllib.request.urlopen(f"http://{self.address}{path}", timeout=5) as resp:
+            return json.loads(resp.read())
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+        if self._own_profile:
+            shutil.rmtree(self.profile, ignore_errors=True)
+
+    # --- CDP, one short-lived connection per call: simple and stateless -------------
+
+    async def cdp(self, method: str, params: dict[str, Any] | None = None,
+                  ws_url: str | None = None) -> dict[str, Any]:
+        """One DevTools command on the page target (or `ws_url`); returns its result."""
+        url = ws_url or await asyncio.to_thread(self._page_target)
+        async with websockets.connect(url, max_size=None) as ws:
+            await ws.send(json.dumps({"id": 1, "method": method, "params": params or {}}))
+            while True:
+                message = json.loads(await ws.recv())
+                if message.get("id") == 1:
+                    if "error" in message:
+                        raise RuntimeError(f"CDP {method} failed: {message['error']}")
+                    return dict(message.get("result", {}))
+
+    async def evaluate(self, expression: str) -> Any:
+        """The value of a JS expression in the page (promises awaited)."""
+        result = await self.cdp("Runtime.evaluate", {
+            "expression": expression, "returnByValue": True, "awaitPromise": True,
+        })
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"page raised: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    async def open(self, html: str) -> None:
+        """Show `html` in the page and wait until it has loaded and has focus."""
+        marker = f"agent-test-{time.monotonic_ns()}"
+        document = html + f"<script>document.documentElement.dataset.marker='{marker}'</script>"
+        await self.cdp("Page.navigate", {"url": "data:text/html;charset=utf-8,"
+                                         + urllib.request.quote(document)})
+        await async_wait_until(
+            lambda: self.evaluate(
+                f"document.readyState === 'complete' && "
+                f"document.documentElement.dataset.marker === '{marker}'"
+            ),
+            timeout=15, what="the test page to load",
+        )
+        await self.cdp("Page.bringToFront")
+
+    async def viewport_origin(self) -> tuple[int, int]:
+        """Screen coordinates of the page's (0, 0), to turn page into screen positions."""
+        x, y = await self.evaluate(
+            "[window.screenX + (window.outerWidth - window.innerWidth) / 2,"
+            " window.screenY + (window.outerHeight - window.innerHeight)]"
+        )
+        return round(x), round(y)
+
+
+@contextlib.contextmanager
+def running_xvfb(width: int = 1280, height: int = 800) -> Iterator[Xvfb]:
+    server = Xvfb(free_display(), width, height)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def running_chromium(display: str, width: int, height: int,
+                     extra_flags: tuple[str, ...] = ()) -> Iterator[Chromium]:
+    browser = Chromium(display, width, height, extra_flags=extra_flags)
+    browser.start()
+    try:
+        yield browser
+    finally:
+        browser.stop()
