@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 from typing import Any
 
 from Xlib import display as xdisplay
@@ -39,23 +40,26 @@ async def fetch_json_version(address: str, timeout: float = 2.0) -> dict[str, An
     so a health check holds no session or pool)."""
     host, _, port = address.rpartition(":")
 
-    async def fetch() -> bytes:
+    async def fetch() -> tuple[bytes, bytes]:
         reader, writer = await asyncio.open_connection(host, int(port))
         try:
-            writer.write(f"GET /json/version HTTP/1.0\r\nHost: {address}\r\n\r\n".encode())
+            writer.write(f"GET /json/version HTTP/1.1\r\nHost: {address}\r\n\r\n".encode())
             await writer.drain()
-            return await reader.read(1 << 20)
+            head = await reader.readuntil(b"\r\n\r\n")
+            match = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+            body = await reader.readexactly(int(match.group(1))) if match else b""
+            return head, body
         finally:
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
 
-    raw = await asyncio.wait_for(fetch(), timeout)
-    head, _, body = raw.partition(b"\r\n\r\n")
-    status = head.split(b" ", 2)[1:2]
-    if status != [b"200"]:
-        first = head.splitlines()[0].decode(errors="replace") if head else "no answer"
-        raise ValueError(f"DevTools answered {first}")
+    try:
+        head, body = await asyncio.wait_for(fetch(), timeout)
+    except asyncio.IncompleteReadError:
+        raise ValueError("DevTools closed the connection early") from None
+    if head.split(b" ", 2)[1:2] != [b"200"]:
+        raise ValueError(f"DevTools answered {head.splitlines()[0].decode(errors='replace')}")
     info = json.loads(body)
     if not isinstance(info, dict):
         raise ValueError("/json/version is not an object")

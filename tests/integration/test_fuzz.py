@@ -1,0 +1,118 @@
+"""Spec-driven fuzzing: schemathesis generates requests for every operation in
+agent/openapi.yaml (valid and invalid ones) against the real daemon on a real Xvfb and
+Chromium. No answer may be a 5xx, and every answer must match the spec: a documented
+status code, content type and body schema.
+
+Every generated absolute path is moved into a scratch directory (with `..` segments
+defused) so that generated deletes and moves cannot touch the machine, and durations in
+generated bodies are capped so that a run stays short; both stay within the schema."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import schemathesis
+from helpers import Chromium, Xvfb, free_port, wait_until
+from hypothesis import HealthCheck, settings
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from agent.spec import spec_document
+
+TOKEN = "fuzz-token"
+schema = schemathesis.openapi.from_dict(spec_document())
+
+# key → largest value sent (each at or above the schema's minimum for that key)
+CAPS = {
+    "duration_ms": 60, "delay": 5, "step_delay_ms": 5, "duration": 20,
+    "steps_per_segment": 3, "timeout_sec": 2, "timeout_ms": 1500,
+}
+MAX_TEXT = 40
+
+
+def is_path_key(key: str) -> bool:
+    return key == "cwd" or key.endswith("path") or key.endswith("dir")
+
+
+def confine(path: str, root: str) -> str:
+    """An absolute path moved under `root`; relative ones stay (they must be a 400)."""
+    if not path.startswith("/"):
+        return path
+    return root + re.sub(r"(^|/)\.\.(?=/|$)", r"\1dotdot", path)
+
+
+def tame(value: Any, root: str) -> Any:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str) and is_path_key(key) and isinstance(item, str):
+                value[key] = confine(item, root)
+            elif key in CAPS and isinstance(item, int) and not isinstance(item, bool):
+                value[key] = min(item, CAPS[key])
+            elif key == "text" and isinstance(item, str):
+                value[key] = item[:MAX_TEXT]
+            else:
+                tame(item, root)
+    elif isinstance(value, list):
+        for item in value:
+            tame(item, root)
+    return value
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(tmp_path_factory.mktemp("fuzz-root"))
+
+
+@pytest.fixture(scope="module")
+def daemon(xvfb: Xvfb, chromium: Chromium, scratch: str) -> Iterator[str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent", "--port", str(port), "--display", xvfb.name,
+         "--cdp-address", chromium.address, "--api-token", TOKEN,
+         "--cdp-proxy-port", "0", "--supervisor-socket", "/nonexistent/supervisor.sock",
+         "--extensions-dir", f"{scratch}/extensions", "--log-level", "warning"],
+        cwd=scratch, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    def answers() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"daemon exited: {proc.stdout.read() if proc.stdout else ''}")
+        try:
+            with urllib.request.urlopen(base + "/spec.json", timeout=2):
+                return True
+        except OSError:
+            return False
+
+    wait_until(answers, timeout=30, what="the daemon to answer")
+    yield base
+    proc.terminate()
+    out, _ = proc.communicate(timeout=30)
+    assert "Traceback" not in out, out
+
+
+@schema.parametrize()
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=list(HealthCheck))
+def test_no_server_errors_and_answers_match_the_spec(case: Any, daemon: str,
+                                                     scratch: str) -> None:
+    for part in (case.body, case.query):
+        if isinstance(part, (dict, list)):
+            tame(part, scratch)
+    response = case.call(base_url=daemon, headers={"Authorization": f"Bearer {TOKEN}"},
+                         timeout=30)
+    case.validate_response(
+        response,
+        checks=[not_a_server_error, status_code_conformance, content_type_conformance,
+                response_schema_conformance],
+    )
