@@ -96,7 +96,10 @@ class SSEWriter:
         while True:
             self._activity.clear()
             try:
-                await asyncio.wait_for(self._activity.wait(), self._keepalive_s)
+                # Not wait_for: on 3.11 it swallows a cancel that arrives just as the
+                # event is set (after a final send), and __aexit__ would then wait forever.
+                async with asyncio.timeout(self._keepalive_s):
+                    await self._activity.wait()
             except TimeoutError:
                 try:
                     await self.comment()
