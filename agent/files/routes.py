@@ -1,9 +1,494 @@
-"""HTTP routes of the files slice (not served yet)."""
+"""HTTP routes of the files slice: every /fs/* endpoint.
+
+Handlers parse and check the request, call the domain (`ops`, `archives`, `watches`)
+and shape the answer. Bodies stream both ways: `read_file` hands the file to the kernel
+(`sendfile`) with `Content-Length` and `Range`; `write_file` and uploads stream the
+request body to disk; `download_dir_zip` sends the zip while it is being built.
+"""
 
 from __future__ import annotations
 
-from aiohttp import web
+import asyncio
+import contextlib
+import email.utils
+import os
+import re
+import tempfile
+import urllib.parse
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import BodyPartReader, MultipartReader, web
+
+from agent.appkeys import SETTINGS
+from agent.auth import require_scope
+from agent.errors import AgentError, BadRequest, field_error
+from agent.files import ops
+from agent.files.archives import DirZip, extract_zip
+from agent.files.watches import WatchManager
+from agent.spec import request_json, request_query
+from agent.sse import last_event_id, open_sse
+from agent.streams import Gap
+
+WATCHES = web.AppKey("fs_watches", WatchManager)
+
+CHUNK = 1 << 20
+DISCONNECT_POLL_S = 0.5
+MAX_TEXT_FIELD = 64 * 1024
+MAX_UPLOAD_INDEX = 100_000
+
+routes = web.RouteTableDef()
+
+
+def _owner(request: web.Request) -> ops.Owner | None:
+    return ops.default_owner(request.app[SETTINGS].default_user)
+
+
+def _mode(request: web.Request, text: str | None) -> int | None:
+    mode = ops.parse_mode(text)
+    if mode is not None and mode & ops.SETID_BITS:
+        require_scope(request, "admin", "setting setuid/setgid mode bits")
+    return mode
+
+
+def _abort(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+    """The body cannot be completed: drop the connection so the client sees it cut."""
+    if request.transport is not None:
+        request.transport.abort()
+    return response
+
+
+async def _body(request: web.Request) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in request.content.iter_any():
+            yield chunk
+    except AgentError:
+        raise
+    except Exception as exc:
+        raise BadRequest(f"the request body ended early: {exc or type(exc).__name__}") from None
+
+
+# ---------------------------------------------------------------- reading and listing
+
+
+@routes.get("/fs/read_file")
+async def read_file(request: web.Request) -> web.StreamResponse:
+    path = ops.check_path(request_query(request)["path"])
+    handle = await asyncio.to_thread(ops.open_for_read, path)
+    try:
+        last_modified = email.utils.formatdate(handle.mtime, usegmt=True)
+        selected = ops.byte_range(request.headers.get("Range"), handle.size,
+                                  request.headers.get("If-Range"), handle.etag, last_modified)
+        start, end = selected if selected is not None else (0, handle.size)
+        response = web.StreamResponse(status=206 if selected is not None else 200, headers={
+            "Content-Type": "application/octet-stream",
+            "Accept-Ranges": "bytes",
+            "ETag": handle.etag,
+            "Last-Modified": last_modified,
+        })
+        if selected is not None:
+            response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{handle.size}"
+        if handle.size == 0:
+            return await _read_unsized(request, response, handle)
+        response.content_length = end - start
+        await response.prepare(request)
+        if request.method == "HEAD" or end == start:
+            return response
+        transport = request.transport
+        if transport is None:
+            return response
+        loop = asyncio.get_running_loop()
+        try:
+            sent = await loop.sendfile(transport, handle.file, start, end - start)
+        except ConnectionError:
+            return response
+        if sent < end - start:  # the file shrank while being sent
+            return _abort(request, response)
+        return response
+    finally:
+        handle.close()
+
+
+async def _read_unsized(request: web.Request, response: web.StreamResponse,
+                        handle: ops.OpenFile) -> web.StreamResponse:
+    """Files that report size 0 (e.g. in /proc) may still have content: read to EOF."""
+    first = await asyncio.to_thread(handle.file.read, CHUNK)
+    if not first:
+        response.content_length = 0
+        await response.prepare(request)
+        return response
+    response.set_status(200)
+    response.headers.pop("Content-Range", None)
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    chunk = first
+    try:
+        while chunk:
+            await response.write(chunk)
+            chunk = await asyncio.to_thread(handle.file.read, CHUNK)
+    except ConnectionError:
+        pass
+    return response
+
+
+@routes.get("/fs/list_files")
+async def list_files(request: web.Request) -> web.Response:
+    path = ops.check_path(request_query(request)["path"])
+    return web.json_response(await asyncio.to_thread(ops.list_files, path))
+
+
+@routes.get("/fs/file_info")
+async def file_info(request: web.Request) -> web.Response:
+    path = ops.check_path(request_query(request)["path"])
+    return web.json_response(await asyncio.to_thread(ops.file_info, path))
+
+
+# ---------------------------------------------------------------- changing files
+
+
+@routes.put("/fs/write_file")
+async def write_file(request: web.Request) -> web.Response:
+    query = request_query(request)
+    path = ops.check_path(query["path"])
+    mode = _mode(request, query.get("mode"))
+    await ops.write_file(path, _body(request), mode, _owner(request))
+    return web.Response(status=201)
+
+
+@routes.put("/fs/create_directory")
+async def create_directory(request: web.Request) -> web.Response:
+    body = await request_json(request)
+    path = ops.check_path(body["path"])
+    mode = _mode(request, body.get("mode"))
+    await asyncio.to_thread(ops.create_directory, path, 0o755 if mode is None else mode,
+                            _owner(request))
+    return web.Response(status=201)
+
+
+@routes.put("/fs/delete_file")
+async def delete_file(request: web.Request) -> web.Response:
+    body = await request_json(request)
+    await asyncio.to_thread(ops.delete_file, ops.check_path(body["path"]))
+    return web.Response(status=200)
+
+
+@routes.put("/fs/delete_directory")
+async def delete_directory(request: web.Request) -> web.Response:
+    body = await request_json(request)
+    await asyncio.to_thread(ops.delete_directory, ops.check_path(body["path"]))
+    return web.Response(status=200)
+
+
+@routes.put("/fs/move")
+async def move(request: web.Request) -> web.Response:
+    body = await request_json(request)
+    src = ops.check_path(body["src_path"], "src_path")
+    dest = ops.check_path(body["dest_path"], "dest_path")
+    await asyncio.to_thread(ops.move, src, dest)
+    return web.Response(status=200)
+
+
+@routes.put("/fs/set_file_permissions")
+async def set_file_permissions(request: web.Request) -> web.Response:
+    body = await request_json(request)
+    path = ops.check_path(body["path"])
+    if body.get("owner") is not None or body.get("group") is not None:
+        require_scope(request, "admin", "changing a file's owner or group")
+    mode = _mode(request, body["mode"])
+    assert mode is not None  # required by the schema
+    uid, gid = ops.resolve_ids(body.get("owner"), body.get("group"))
+    await asyncio.to_thread(ops.set_permissions, path, mode, uid, gid)
+    return web.Response(status=200)
+
+
+# ---------------------------------------------------------------- multipart uploads
+
+
+async def _multipart(request: web.Request) -> MultipartReader:
+    try:
+        return await request.multipart()
+    except (AssertionError, KeyError, ValueError) as exc:
+        raise BadRequest(f"expected a multipart/form-data body: {exc}") from None
+
+
+async def _parts(request: web.Request) -> AsyncIterator[BodyPartReader]:
+    reader = await _multipart(request)
+    while True:
+        try:
+            part = await reader.next()
+        except AgentError:
+            raise
+        except Exception as exc:
+            raise BadRequest(f"malformed multipart body: {exc or type(exc).__name__}") from None
+        if part is None:
+            return
+        if not isinstance(part, BodyPartReader):
+            raise BadRequest("nested multipart bodies are not supported")
+        yield part
+
+
+async def _part_chunks(part: BodyPartReader, field: str) -> AsyncIterator[bytes]:
+    try:
+        while chunk := await part.read_chunk(CHUNK):
+            yield chunk
+    except AgentError:
+        raise
+    except Exception as exc:
+        raise BadRequest(f"{field}: the upload ended early: {exc or type(exc).__name__}",
+                         details=[field_error(field, "incomplete")]) from None
+
+
+async def _text_field(part: BodyPartReader, field: str) -> str:
+    data = bytearray()
+    async for chunk in _part_chunks(part, field):
+        data += chunk
+        if len(data) > MAX_TEXT_FIELD:
+            raise BadRequest(f"{field} is too long", details=[field_error(field, "too long")])
+    try:
+        return data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise BadRequest(f"{field} is not UTF-8 text",
+                         details=[field_error(field, "is not UTF-8 text")]) from None
+
+
+async def _stage_near(dest: str | None, chunks: AsyncIterator[bytes]) -> str:
+    """Stage beside the destination when it is known (one rename later), else in the
+    temporary directory (moved, or copied across file systems, when placed)."""
+    directory = tempfile.gettempdir()
+    if dest is not None:
+        target = ops.write_target(dest)
+        with ops.mapped(dest, "write"):
+            directory = await asyncio.to_thread(ops.staging_dir, target)
+    staged, _size = await ops.stage(chunks, directory)
+    return staged
+
+
+_UPLOAD_FIELD = re.compile(
+    r"^files(?:\[(?P<i>\d+)\]|\.(?P<j>\d+))(?:\[(?P<f>file|dest_path)\]|\.(?P<g>file|dest_path))$"
+)
+
+
+def _upload_field(name: str | None) -> tuple[int, str]:
+    """`files[0][file]`, `files[0].file`, `files.0.file` (and `file`/`dest_path` for a
+    single file) as (index, field)."""
+    if name in ("file", "dest_path"):
+        return 0, name
+    match = _UPLOAD_FIELD.match(name or "")
+    if match is None:
+        raise BadRequest(f"unknown form field {name!r}: expected files[N][file] and "
+                         "files[N][dest_path]",
+                         details=[field_error(name or "(unnamed)", "unknown form field",
+                                              "unknown_field")])
+    index = int(match["i"] or match["j"])
+    if index > MAX_UPLOAD_INDEX:
+        raise BadRequest(f"upload index too large: {index}")
+    return index, match["f"] or match["g"]
+
+
+@dataclass
+class _Upload:
+    dest: str | None = None
+    staged: str | None = None
+
+
+@routes.post("/fs/upload")
+async def upload(request: web.Request) -> web.Response:
+    uploads: dict[int, _Upload] = {}
+    try:
+        async for part in _parts(request):
+            index, kind = _upload_field(part.name)
+            entry = uploads.setdefault(index, _Upload())
+            label = f"files[{index}].{kind}"
+            if kind == "dest_path":
+                if entry.dest is not None:
+                    raise BadRequest(f"{label} given twice", details=[field_error(label,
+                                                                                  "given twice")])
+                entry.dest = ops.check_path(await _text_field(part, label), label)
+            else:
+                if entry.staged is not None:
+                    raise BadRequest(f"{label} given twice", details=[field_error(label,
+                                                                                  "given twice")])
+                with _about(f"files[{index}].dest_path"):
+                    entry.staged = await _stage_near(entry.dest, _part_chunks(part, label))
+        if not uploads:
+            raise BadRequest("no files in the upload",
+                             details=[field_error("files", "is required", "missing_field")])
+        missing = [field_error(f"files[{i}].{kind}", "is required", "missing_field")
+                   for i, entry in sorted(uploads.items())
+                   for kind, value in (("file", entry.staged), ("dest_path", entry.dest))
+                   if value is None]
+        if missing:
+            raise BadRequest("; ".join(d["message"] for d in missing), details=missing)
+        targets: dict[str, int] = {}
+        for index, entry in sorted(uploads.items()):
+            assert entry.dest is not None
+            if entry.dest in targets:
+                label = f"files[{index}].dest_path"
+                raise BadRequest(f"{label}: same destination as files[{targets[entry.dest]}]",
+                                 details=[field_error(label, "duplicate destination")])
+            targets[entry.dest] = index
+            with _about(f"files[{index}].dest_path"):
+                await asyncio.to_thread(ops.check_placeable, entry.dest)
+        owner = _owner(request)
+        for index, entry in sorted(uploads.items()):
+            assert entry.staged is not None and entry.dest is not None
+            with _about(f"files[{index}].dest_path"):
+                await asyncio.to_thread(ops.place, entry.staged, entry.dest, None, owner)
+            entry.staged = None
+    finally:
+        for entry in uploads.values():
+            if entry.staged is not None:
+                await asyncio.to_thread(ops.discard_staged, entry.staged)
+    return web.Response(status=201)
+
+
+@contextlib.contextmanager
+def _about(label: str) -> Iterator[None]:
+    """An error raised inside names the upload field it is about."""
+    try:
+        yield
+    except AgentError as exc:
+        if not exc.details:
+            exc.details = [field_error(label, exc.message)]
+            exc.message = f"{label}: {exc.message}"
+        raise
+
+
+@routes.post("/fs/upload_zip")
+async def upload_zip(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    dest: str | None = None
+    staged: str | None = None
+    try:
+        async for part in _parts(request):
+            if part.name == "dest_path" and dest is None:
+                dest = ops.check_path(await _text_field(part, "dest_path"), "dest_path")
+            elif part.name == "zip_file" and staged is None:
+                staged = await _stage_near(dest, _part_chunks(part, "zip_file"))
+            else:
+                raise BadRequest(f"unexpected form field {part.name!r} (expected zip_file "
+                                 "and dest_path, once each)",
+                                 details=[field_error(part.name or "(unnamed)",
+                                                      "unexpected form field",
+                                                      "unknown_field")])
+        missing = [field_error(name, "is required", "missing_field")
+                   for name, value in (("zip_file", staged), ("dest_path", dest))
+                   if value is None]
+        if missing:
+            raise BadRequest("; ".join(d["message"] for d in missing), details=missing)
+        assert staged is not None and dest is not None
+        await asyncio.to_thread(extract_zip, staged, dest, _owner(request),
+                                settings.zip_max_entries, settings.zip_max_bytes)
+    finally:
+        if staged is not None:
+            await asyncio.to_thread(ops.discard_staged, staged)
+    return web.Response(status=201)
+
+
+@routes.get("/fs/download_dir_zip")
+async def download_dir_zip(request: web.Request) -> web.StreamResponse:
+    path = ops.check_path(request_query(request)["path"])
+    await asyncio.to_thread(DirZip.check, path)
+    name = os.path.basename(path.rstrip("/")) or "root"
+    fallback = re.sub(r'[^A-Za-z0-9._ -]', "_", name)
+    response = web.StreamResponse(headers={
+        "Content-Type": "application/zip",
+        "Content-Disposition": f'attachment; filename="{fallback}.zip"; '
+                               f"filename*=UTF-8''{urllib.parse.quote(name + '.zip')}",
+    })
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    if request.method == "HEAD":
+        return response
+    archive = DirZip(path)
+    try:
+        async for chunk in archive:
+            await response.write(chunk)
+    except ConnectionError:
+        return response
+    except AgentError:  # logged by the zip thread; the cut stream tells the client
+        return _abort(request, response)
+    finally:
+        await archive.close()
+    await response.write_eof()
+    return response
+
+
+# ---------------------------------------------------------------- watches
+
+
+@routes.post("/fs/watch")
+async def start_watch(request: web.Request) -> web.Response:
+    body = await request_json(request)
+    path = ops.check_path(body["path"])
+    watch = await request.app[WATCHES].start(path, bool(body.get("recursive", False)))
+    return web.json_response({"watch_id": watch.id}, status=201)
+
+
+@routes.get("/fs/watch/{watch_id}/events")
+async def watch_events(request: web.Request) -> web.StreamResponse:
+    watch = request.app[WATCHES].get(request.match_info["watch_id"])
+    after = last_event_id(request)
+    sse = open_sse(request)
+
+    async def pump() -> None:
+        async with sse:
+            async for item in watch.log.follow(after):
+                if isinstance(item, Gap):
+                    await sse.send(watch.overflow(
+                        f"this reader fell behind the watch's buffer: {item.missed} events "
+                        "were dropped", missed=item.missed, first_missed_id=item.first,
+                        last_missed_id=item.last), id=item.last)
+                else:
+                    await sse.send(item.item, id=item.seq)
+
+    with watch.reading():
+        await _while_connected(request, pump())
+    return sse.response
+
+
+async def _while_connected(request: web.Request, work: Coroutine[Any, Any, None]) -> None:
+    """Run a stream until it ends or its client goes away (noticed within a second even
+    when the stream is idle, so a gone reader does not keep its watch alive)."""
+
+    async def disconnected() -> None:
+        # aiohttp signals a lost connection to a handler only when it next writes.
+        while request.transport is not None and not request.transport.is_closing():  # noqa: ASYNC110
+            await asyncio.sleep(DISCONNECT_POLL_S)
+
+    stream = asyncio.ensure_future(work)
+    watchdog = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({stream, watchdog}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watchdog.cancel()
+        if not stream.done():
+            stream.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+            await stream
+
+
+@routes.delete("/fs/watch/{watch_id}")
+async def stop_watch(request: web.Request) -> web.Response:
+    request.app[WATCHES].stop(request.match_info["watch_id"])
+    return web.Response(status=204)
+
+
+async def _watches_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    manager = WatchManager(settings.watch_buffer, settings.watch_idle_s)
+    app[WATCHES] = manager
+    yield
+    await manager.close()
+
+
+async def _end_streams(app: web.Application) -> None:
+    """Open event streams end at shutdown instead of holding it up."""
+    await app[WATCHES].close()
 
 
 def setup(app: web.Application) -> None:
-    """Adds nothing yet."""
+    app.router.add_routes(routes)
+    app.cleanup_ctx.append(_watches_ctx)
+    app.on_shutdown.append(_end_streams)

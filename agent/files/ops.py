@@ -1,0 +1,643 @@
+"""Filesystem operations behind /fs/*: checked paths, OS errors mapped to the daemon's
+error model, `FileInfo` records, and atomic writes.
+
+Every write lands in a temporary file first and is renamed into place, so a reader never
+sees half a file, an aborted upload leaves the old file untouched, and two concurrent
+writers of one path never interleave (the last rename wins whole). When the daemon runs
+as root with a default user configured, what it creates belongs to that user, so
+Chromium can use uploads and the user can read downloads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import grp
+import logging
+import os
+import pwd
+import shutil
+import stat
+import tempfile
+from collections.abc import AsyncIterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from agent.errors import (
+    AgentError,
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    PayloadTooLarge,
+    field_error,
+)
+
+log = logging.getLogger(__name__)
+
+WRITE_BATCH = 1 << 20  # bytes gathered before one writev() in a worker thread
+IOV_MAX = 1024
+STAGING_PREFIX = ".agent-upload-"
+STAGING_SUFFIX = ".part"
+SETID_BITS = 0o6000
+
+
+class InsufficientStorage(AgentError):
+    status = 507
+    code = "insufficient_storage"
+
+
+class FilesystemError(AgentError):
+    """An OS failure that is neither the caller's fault nor a bug (e.g. EIO)."""
+
+    status = 500
+    code = "filesystem_error"
+
+
+class RangeNotSatisfiable(AgentError):
+    status = 416
+    code = "range_not_satisfiable"
+
+
+# ---------------------------------------------------------------- paths and errors
+
+
+def check_path(value: Any, field: str = "path") -> str:
+    """An absolute path the OS can take; a 400 naming `field` otherwise.
+
+    The path is passed to the OS as given (no lexical `..` folding, which would disagree
+    with the kernel's resolution through symlinks)."""
+    if not isinstance(value, str) or value == "":
+        raise BadRequest(f"{field} must not be empty",
+                         details=[field_error(field, "must not be empty")])
+    if "\x00" in value:
+        raise BadRequest(f"{field} must not contain a NUL byte",
+                         details=[field_error(field, "must not contain a NUL byte")])
+    if not value.startswith("/"):
+        raise BadRequest(f"{field} must be an absolute path, got {value!r}",
+                         details=[field_error(field, "must be an absolute path")])
+    try:
+        os.fsencode(value)
+    except UnicodeEncodeError:
+        raise BadRequest(f"{field} is not a valid file name encoding",
+                         details=[field_error(field, "is not valid UTF-8")]) from None
+    return value
+
+
+def parse_mode(text: str | None, field: str = "mode") -> int | None:
+    """An octal mode string (already schema-checked as 3-4 octal digits) as an int."""
+    if text is None:
+        return None
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        raise BadRequest(f"{field} must be an octal string such as 644",
+                         details=[field_error(field, "must be 3 or 4 octal digits")]) from None
+    if not 0 <= mode <= 0o7777:
+        raise BadRequest(f"{field} out of range: {text}",
+                         details=[field_error(field, "must be between 000 and 7777")])
+    return mode
+
+
+def shown(path: str) -> str:
+    """A path as text for JSON: bytes that are not UTF-8 become U+FFFD."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def os_error(exc: OSError, path: str, action: str) -> AgentError:
+    """The client-facing error for an OS failure of `action` on `path`."""
+    where = shown(path)
+    reason = exc.strerror or str(exc)
+    code = exc.errno
+    if code == errno.ENOENT:
+        return NotFound(f"no such file or directory: {where}")
+    if code in (errno.EACCES, errno.EPERM):
+        return Forbidden(f"permission denied: cannot {action} {where}")
+    if code == errno.EROFS:
+        return Forbidden(f"read-only file system: cannot {action} {where}")
+    if code == errno.EEXIST:
+        return Conflict(f"already exists: {where}")
+    if code in (errno.ENOTEMPTY, errno.EBUSY, errno.ETXTBSY):
+        return Conflict(f"cannot {action} {where}: {reason}")
+    if code == errno.EISDIR:
+        return BadRequest(f"is a directory: {where}")
+    if code == errno.ENOTDIR:
+        return BadRequest(f"not a directory: a component of {where} is not a directory")
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return InsufficientStorage(f"no space left to {action} {where}")
+    if code == errno.EFBIG:
+        return PayloadTooLarge(f"file too large: {where}")
+    if code in (errno.ENAMETOOLONG, errno.ELOOP, errno.EINVAL, errno.EXDEV, errno.EMLINK,
+                errno.ENXIO, errno.ENODEV, errno.EOVERFLOW):
+        return BadRequest(f"cannot {action} {where}: {reason}")
+    log.warning("%s %s failed: %s", action, where, exc)
+    return FilesystemError(f"cannot {action} {where}: {reason}")
+
+
+@contextlib.contextmanager
+def mapped(path: str, action: str) -> Any:
+    """Turn OSErrors raised inside the block into the daemon's errors."""
+    try:
+        yield
+    except AgentError:
+        raise
+    except OSError as exc:
+        raise os_error(exc, path, action) from None
+    except (ValueError, OverflowError) as exc:
+        raise BadRequest(f"cannot {action} {shown(path)}: {exc}") from None
+
+
+# ---------------------------------------------------------------- ownership
+
+
+@dataclass(frozen=True)
+class Owner:
+    uid: int
+    gid: int
+
+
+def default_owner(user: str | None) -> Owner | None:
+    """Who should own what the daemon creates: the default user when running as root."""
+    if not user or os.geteuid() != 0:
+        return None
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        log.warning("default user %r does not exist; created files stay root's", user)
+        return None
+    return Owner(entry.pw_uid, entry.pw_gid)
+
+
+def _chown(path: str, owner: Owner | None, *, follow: bool = True) -> None:
+    if owner is not None:
+        os.chown(path, owner.uid, owner.gid, follow_symlinks=follow)
+
+
+def resolve_ids(owner: str | None, group: str | None) -> tuple[int, int]:
+    """User and group names or numeric ids as (uid, gid); -1 leaves one unchanged."""
+    uid = gid = -1
+    if owner is not None:
+        uid = _resolve_id(owner, "owner", lambda n: pwd.getpwnam(n).pw_uid)
+    if group is not None:
+        gid = _resolve_id(group, "group", lambda n: grp.getgrnam(n).gr_gid)
+    return uid, gid
+
+
+def _resolve_id(text: str, field: str, lookup: Any) -> int:
+    text = text.strip()
+    if text.isdigit():
+        value = int(text)
+        if value >= 0xFFFFFFFF:
+            raise BadRequest(f"{field} id out of range: {text}",
+                             details=[field_error(field, "id out of range")])
+        return value
+    try:
+        return int(lookup(text))
+    except (KeyError, ValueError, UnicodeEncodeError):
+        kind = "user" if field == "owner" else "group"
+        raise BadRequest(f"no such {kind}: {text!r}",
+                         details=[field_error(field, f"no such {kind}")]) from None
+
+
+# ---------------------------------------------------------------- describing files
+
+
+def _mod_time(st: os.stat_result) -> str:
+    stamp = datetime.fromtimestamp(st.st_mtime, UTC)
+    return stamp.isoformat().replace("+00:00", "Z")
+
+
+def describe(path: str, st: os.stat_result, name: str | None = None) -> dict[str, Any]:
+    """A `FileInfo`; symlinks are described as links (with their target), not followed."""
+    is_dir = stat.S_ISDIR(st.st_mode)
+    info: dict[str, Any] = {
+        "name": shown(name if name is not None else os.path.basename(path.rstrip("/")) or "/"),
+        "path": shown(path),
+        "size_bytes": 0 if is_dir else st.st_size,
+        "is_dir": is_dir,
+        "mod_time": _mod_time(st),
+        "mode": stat.filemode(st.st_mode),
+    }
+    if stat.S_ISLNK(st.st_mode):
+        with contextlib.suppress(OSError):
+            info["link_target"] = shown(os.readlink(path))
+    return info
+
+
+def file_info(path: str) -> dict[str, Any]:
+    with mapped(path, "stat"):
+        return describe(path, os.lstat(path))
+
+
+def list_files(path: str) -> list[dict[str, Any]]:
+    with mapped(path, "list"):
+        st = os.stat(path)
+        if not stat.S_ISDIR(st.st_mode):
+            raise BadRequest(f"not a directory: {shown(path)} (use file_info for files)")
+        entries: list[dict[str, Any]] = []
+        with os.scandir(path) as it:
+            for entry in it:
+                try:
+                    entry_st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # removed while listing
+                entries.append(describe(os.path.join(path, entry.name), entry_st, entry.name))
+    entries.sort(key=lambda e: e["name"])
+    return entries
+
+
+# ---------------------------------------------------------------- directories
+
+
+def make_dirs(path: str, mode: int, owner: Owner | None) -> list[str]:
+    """mkdir -p; every directory created gets `mode` and `owner`. Returns those created."""
+    missing: list[str] = []
+    current = path.rstrip("/") or "/"
+    while True:
+        try:
+            st = os.stat(current)
+        except (FileNotFoundError, NotADirectoryError):
+            missing.append(current)
+            parent = os.path.dirname(current)
+            if parent == current:
+                break
+            current = parent
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            raise Conflict(f"{shown(current)} exists and is not a directory")
+        break
+    created: list[str] = []
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            if not os.path.isdir(directory):
+                raise Conflict(f"{shown(directory)} exists and is not a directory") from None
+            continue
+        _chown(directory, owner)
+        os.chmod(directory, mode)
+        created.append(directory)
+    return created
+
+
+def create_directory(path: str, mode: int, owner: Owner | None) -> None:
+    with mapped(path, "create directory"):
+        make_dirs(path, mode, owner)
+
+
+def delete_file(path: str) -> None:
+    with mapped(path, "delete"):
+        st = os.lstat(path)
+        if stat.S_ISDIR(st.st_mode):
+            raise BadRequest(f"is a directory: {shown(path)} (use delete_directory)")
+        os.unlink(path)
+
+
+def delete_directory(path: str) -> None:
+    with mapped(path, "delete directory"):
+        st = os.lstat(path)
+        if not stat.S_ISDIR(st.st_mode):
+            kind = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a directory"
+            raise BadRequest(f"{shown(path)} is {kind} (use delete_file)")
+        if os.path.realpath(path) == "/":
+            raise BadRequest("refusing to delete the root directory")
+        errors: list[OSError] = []
+
+        def collect(_func: Any, _path: str, exc_info: Any) -> None:
+            if isinstance(exc_info[1], OSError) and not isinstance(exc_info[1],
+                                                                   FileNotFoundError):
+                errors.append(exc_info[1])
+
+        shutil.rmtree(path, onerror=collect)
+        if errors:
+            first = errors[0]
+            raise os_error(first, first.filename or path, "delete directory")
+
+
+# ---------------------------------------------------------------- move
+
+
+_RENAME_NOREPLACE = 1
+_AT_FDCWD = -100
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def _rename_noreplace(src: str, dest: str) -> None:
+    """rename(2) that fails with EEXIST instead of replacing an existing destination."""
+    renameat2 = getattr(_libc, "renameat2", None)
+    if renameat2 is not None:
+        result = renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dest),
+                           _RENAME_NOREPLACE)
+        if result == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOSYS) or not os.path.lexists(src):
+            raise OSError(err, os.strerror(err), dest)
+    # The file system cannot do it atomically: check, then rename.
+    if os.path.lexists(dest):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), dest)
+    os.rename(src, dest)
+
+
+def move(src: str, dest: str) -> None:
+    """Rename `src` to `dest`. An existing destination is never replaced (409): the
+    caller deletes it first if that is what they mean. Across file systems the data is
+    copied beside the destination and renamed into place, then the source is removed."""
+    with mapped(src, "move"):
+        os.lstat(src)
+    if os.path.lexists(dest):
+        raise Conflict(f"destination exists: {shown(dest)} (delete it first to replace it)")
+    with mapped(dest, "move to"):
+        try:
+            _rename_noreplace(src, dest)
+            return
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+        _move_across(src, dest)
+
+
+def _move_across(src: str, dest: str) -> None:
+    parent = os.path.dirname(dest.rstrip("/")) or "/"
+    staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=parent)
+    try:
+        copy = os.path.join(staging, "entry")
+        if os.path.isdir(src) and not os.path.islink(src):
+            shutil.copytree(src, copy, symlinks=True)
+        else:
+            shutil.copy2(src, copy, follow_symlinks=False)
+        with contextlib.suppress(OSError):
+            st = os.lstat(src)
+            os.chown(copy, st.st_uid, st.st_gid, follow_symlinks=False)
+        _rename_noreplace(copy, dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if os.path.isdir(src) and not os.path.islink(src):
+        shutil.rmtree(src)
+    else:
+        os.unlink(src)
+
+
+# ---------------------------------------------------------------- permissions
+
+
+def set_permissions(path: str, mode: int, uid: int, gid: int) -> None:
+    with mapped(path, "change permissions of"):
+        if uid != -1 or gid != -1:
+            os.chown(path, uid, gid)  # before chmod: chown clears setuid/setgid bits
+        os.chmod(path, mode)
+
+
+# ---------------------------------------------------------------- reading
+
+
+@dataclass
+class OpenFile:
+    """A regular file opened for reading, with what its HTTP headers need."""
+
+    file: Any  # a binary file object
+    size: int
+    mtime: float
+    etag: str
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def open_for_read(path: str) -> OpenFile:
+    with mapped(path, "read"):
+        # O_NONBLOCK so that a FIFO cannot hang the open; only regular files are served.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                raise BadRequest(f"is a directory: {shown(path)} (use list_files)")
+            if not stat.S_ISREG(st.st_mode):
+                raise BadRequest(f"not a regular file: {shown(path)}")
+            os.set_blocking(fd, True)
+            handle = os.fdopen(fd, "rb", buffering=0)
+        except BaseException:
+            os.close(fd)
+            raise
+    etag = f'"{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}"'
+    return OpenFile(handle, st.st_size, st.st_mtime, etag)
+
+
+def byte_range(header: str | None, size: int, if_range: str | None, etag: str,
+               last_modified: str) -> tuple[int, int] | None:
+    """The (start, end-exclusive) a `Range` header selects, or None for the whole file.
+
+    One `bytes=` range is honoured; a malformed header or several ranges are ignored
+    (the whole file is sent, as RFC 9110 allows); a range past the end is a 416. An
+    `If-Range` that no longer matches the file's ETag or Last-Modified means the file
+    changed since the client's partial download, so the whole file is sent."""
+    if not header:
+        return None
+    if if_range is not None and if_range.strip() not in (etag, last_modified):
+        return None
+    unit, _, spec = header.strip().partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first, dash, last = spec.strip().partition("-")
+    if not dash:
+        return None
+    first, last = first.strip(), last.strip()
+    try:
+        if first == "":
+            if not last.isdigit():
+                return None
+            suffix = int(last)
+            if suffix == 0:
+                raise _unsatisfiable(size)
+            return max(size - suffix, 0), size
+        if not first.isdigit() or (last and not last.isdigit()):
+            return None
+        start = int(first)
+        end = int(last) + 1 if last else size
+    except ValueError:
+        return None
+    if end <= start and last:
+        return None  # e.g. bytes=5-2: syntactically invalid, ignored
+    if start >= size:
+        raise _unsatisfiable(size)
+    return start, min(end, size)
+
+
+def _unsatisfiable(size: int) -> RangeNotSatisfiable:
+    return RangeNotSatisfiable(f"requested range is beyond the end of the file ({size} bytes)",
+                               headers={"Content-Range": f"bytes */{size}"})
+
+
+# ---------------------------------------------------------------- atomic writes
+
+
+def staging_dir(dest: str) -> str:
+    """Where to stage a file bound for `dest`: beside it, or in its nearest existing
+    ancestor (missing parents are created only when the file is placed), so the final
+    rename stays on one file system."""
+    current = os.path.dirname(dest.rstrip("/")) or "/"
+    while True:
+        try:
+            st = os.stat(current)
+        except (FileNotFoundError, NotADirectoryError):
+            parent = os.path.dirname(current)
+            if parent == current:
+                raise
+            current = parent
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            raise BadRequest(f"{shown(current)} is not a directory")
+        return current
+
+
+def _write_all(fd: int, chunks: list[bytes]) -> None:
+    """writev the received chunks as they are (no joining copy); finish a short write."""
+    total = sum(len(chunk) for chunk in chunks)
+    written = os.writev(fd, chunks) if chunks else 0
+    if written < total:
+        view = memoryview(b"".join(chunks))[written:]
+        while view:
+            view = view[os.write(fd, view):]
+
+
+def _discard(fd: int, path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+async def stage(chunks: AsyncIterable[bytes], directory: str) -> tuple[str, int]:
+    """Stream `chunks` into a new temporary file in `directory`; returns (path, size).
+
+    Disk writes run in worker threads, overlapping with receiving the next batch. On any
+    failure (including the client going away) the temporary file is removed."""
+    with mapped(directory, "write to"):
+        fd, path = await asyncio.to_thread(
+            tempfile.mkstemp, prefix=STAGING_PREFIX, suffix=STAGING_SUFFIX, dir=directory
+        )
+    loop = asyncio.get_running_loop()
+    pending: asyncio.Future[None] | None = None
+    batch: list[bytes] = []
+    batched = size = 0
+    try:
+        async for chunk in chunks:
+            batch.append(chunk)
+            batched += len(chunk)
+            if batched >= WRITE_BATCH or len(batch) >= IOV_MAX:
+                if pending is not None:
+                    await asyncio.shield(pending)
+                pending = loop.run_in_executor(None, _write_all, fd, batch)
+                size += batched
+                batch, batched = [], 0
+        if pending is not None:
+            await asyncio.shield(pending)
+        pending = loop.run_in_executor(None, _write_all, fd, batch)
+        size += batched
+        await asyncio.shield(pending)
+        os.close(fd)
+    except BaseException as exc:
+        if pending is not None and not pending.done():
+            # The worker still holds the descriptor: let it finish first.
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(pending)
+        if pending is not None and not pending.done():  # cancelled while waiting
+            pending.add_done_callback(lambda _f: _discard(fd, path))
+        else:
+            _discard(fd, path)
+        if isinstance(exc, OSError):
+            raise os_error(exc, path, "write") from None
+        raise
+    return path, size
+
+
+def discard_staged(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+def write_target(dest: str) -> str:
+    """Writing to a symlink replaces the file it points to (as `>` in a shell would)."""
+    try:
+        if os.path.islink(dest):
+            return os.path.realpath(dest)
+    except OSError:
+        pass
+    return dest
+
+
+def check_placeable(dest: str) -> None:
+    """Fail early (before anything is placed) if `dest` can never receive a file."""
+    target = write_target(dest)
+    with mapped(target, "write"):
+        try:
+            st = os.stat(target)
+        except FileNotFoundError:
+            staging_dir(target)  # every existing ancestor must be a directory
+            return
+        if stat.S_ISDIR(st.st_mode):
+            raise BadRequest(f"is a directory: {shown(dest)}")
+
+
+def place(staged: str, dest: str, mode: int | None, owner: Owner | None) -> None:
+    """Rename a staged file into place. Missing parents are created (mode 755, owned by
+    `owner`). Replacing a file keeps its owner, and its mode unless `mode` is given; a new
+    file gets `mode` or 644 and belongs to `owner`."""
+    target = write_target(dest)
+    with mapped(target, "write"):
+        try:
+            make_dirs(os.path.dirname(target) or "/", 0o755, owner)
+            try:
+                existing: os.stat_result | None = os.stat(target)
+            except FileNotFoundError:
+                existing = None
+            if existing is not None and stat.S_ISDIR(existing.st_mode):
+                raise BadRequest(f"is a directory: {shown(dest)}")
+            final_mode = mode if mode is not None else (
+                stat.S_IMODE(existing.st_mode) if existing is not None else 0o644)
+            if existing is not None and os.geteuid() == 0:
+                os.chown(staged, existing.st_uid, existing.st_gid)
+            else:
+                _chown(staged, owner)
+            os.chmod(staged, final_mode)
+            try:
+                os.replace(staged, target)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                _place_across(staged, target)
+        except BaseException:
+            discard_staged(staged)
+            raise
+
+
+def _place_across(staged: str, target: str) -> None:
+    fd, copy = tempfile.mkstemp(prefix=STAGING_PREFIX, suffix=STAGING_SUFFIX,
+                                dir=os.path.dirname(target) or "/")
+    os.close(fd)
+    try:
+        shutil.copy2(staged, copy)
+        st = os.stat(staged)
+        if os.geteuid() == 0:
+            os.chown(copy, st.st_uid, st.st_gid)
+        os.chmod(copy, stat.S_IMODE(st.st_mode))
+        os.replace(copy, target)
+    except BaseException:
+        discard_staged(copy)
+        raise
+    os.unlink(staged)
+
+
+async def write_file(path: str, chunks: AsyncIterable[bytes], mode: int | None,
+                     owner: Owner | None) -> int:
+    """Stream a request body into `path` atomically; returns the bytes written."""
+    await asyncio.to_thread(check_placeable, path)
+    with mapped(path, "write"):
+        directory = await asyncio.to_thread(staging_dir, write_target(path))
+    staged, size = await stage(chunks, directory)
+    await asyncio.to_thread(place, staged, path, mode, owner)
+    return size
