@@ -27,6 +27,7 @@ run: setup
 lint: venv
 	$(BIN)/ruff check agent tests bench
 	$(BIN)/mypy agent
+	shellcheck -x scripts/*.sh supervisor/run-local.sh images/*.sh
 
 unit: venv
 	$(BIN)/pytest tests/unit
@@ -35,11 +36,11 @@ integration: setup
 	$(BIN)/pytest tests/integration
 
 image-test: setup
-	$(BIN)/pytest -m image tests/image
+	$(BIN)/pytest -m image -s tests/image
 
 test: setup lint
 	$(BIN)/pytest tests/unit tests/integration
-	$(BIN)/pytest -m image tests/image
+	$(BIN)/pytest -m image -s tests/image
 
 bench: setup
 	$(BIN)/python bench/computer.py

@@ -31,7 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "required" if settings.auth_required else "off", settings.display,
     )
     web.run_app(app, host=settings.listen_host, port=settings.port, access_log=None,
-                print=None, shutdown_timeout=10.0)
+                print=None, shutdown_timeout=3.0)
     return 0
 
 

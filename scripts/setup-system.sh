@@ -10,7 +10,7 @@ packages=(
   # the daemon's virtual environment
   python3 python3-venv python3-dev
   # tests and benchmarks: baselines and helpers
-  xdotool xclip ffmpeg procps
+  xdotool xclip ffmpeg procps shellcheck
   # the image test: podman builds and runs the container, debootstrap makes its base
   podman runc debootstrap systemd
 )

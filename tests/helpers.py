@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -71,9 +72,15 @@ def free_port() -> int:
 
 
 def free_display() -> int:
+    """A display number no X server holds: no lock file, no socket on disk, and no
+    abstract socket (a container on the host network leaves only the latter)."""
+    with open("/proc/net/unix") as table:
+        abstract = set(re.findall(r"@/tmp/\.X11-unix/X(\d+)", table.read()))
     for number in range(50, 500):
-        if not os.path.exists(f"/tmp/.X{number}-lock") and not os.path.exists(
-            f"/tmp/.X11-unix/X{number}"
+        if (
+            str(number) not in abstract
+            and not os.path.exists(f"/tmp/.X{number}-lock")
+            and not os.path.exists(f"/tmp/.X11-unix/X{number}")
         ):
             return number
     raise RuntimeError("no free X display number")
