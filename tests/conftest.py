@@ -50,6 +50,7 @@ async def make_client() -> AsyncIterator[MakeClient]:
     async def make(**overrides: Any) -> TestClient[Any, Any]:
         overrides.setdefault("tokens", TOKENS)
         overrides.setdefault("display", ":0")
+        overrides.setdefault("cdp_proxy_port", 0)  # the public DevTools endpoint: off
         settings = make_settings(**overrides)
         client: TestClient[Any, Any] = TestClient(
             TestServer(create_app(settings)),

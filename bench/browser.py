@@ -1,0 +1,170 @@
+"""Benchmark of the browser slice, against the obvious alternatives:
+
+- POST /curl (a GET through Chromium's network stack, via the daemon) against the same
+  GET made directly with aiohttp, both to a local server;
+- a DevTools round trip (`Browser.getVersion` on an open WebSocket) through the daemon's
+  public DevTools endpoint against Chromium's own endpoint, and the same for opening a
+  connection (discovery + WebSocket handshake + first call).
+
+Real parts: Xvfb, Chromium and the daemon (`python -m agent`) as processes. Run with
+`make bench` or `.venv/bin/python bench/browser.py [--rounds N]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import websockets
+from aiohttp import web
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from helpers import free_port, running_chromium, running_xvfb, wait_until
+
+TOKEN = "bench-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+async def timed(action: Callable[[], Awaitable[Any]], rounds: int, warmup: int = 5
+                ) -> list[float]:
+    for _ in range(warmup):
+        await action()
+    samples = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        await action()
+        samples.append((time.perf_counter() - started) * 1000)
+    return samples
+
+
+def row(name: str, samples: list[float]) -> str:
+    ordered = sorted(samples)
+    p90 = ordered[int(len(ordered) * 0.9) - 1]
+    return f"{name:<52} {statistics.median(samples):9.2f} ms   p90 {p90:8.2f} ms"
+
+
+def browser_url(http_base: str, headers: dict[str, str]) -> str:
+    request = urllib.request.Request(f"{http_base}/json/version", headers=headers)
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        return str(json.loads(resp.read())["webSocketDebuggerUrl"])
+
+
+async def cdp_round_trips(url: str, rounds: int, headers: dict[str, str]) -> list[float]:
+    async with websockets.connect(url, max_size=None, additional_headers=headers) as ws:
+        counter = 0
+
+        async def call() -> None:
+            nonlocal counter
+            counter += 1
+            await ws.send(json.dumps({"id": counter, "method": "Browser.getVersion"}))
+            while json.loads(await ws.recv()).get("id") != counter:
+                pass
+
+        return await timed(call, rounds)
+
+
+async def cdp_connects(http_base: str, rounds: int, headers: dict[str, str]) -> list[float]:
+    async def connect_and_call() -> None:
+        async with aiohttp.ClientSession(headers=headers) as session:
+            async with session.get(f"{http_base}/json/version") as resp:
+                url = (await resp.json())["webSocketDebuggerUrl"]
+        async with websockets.connect(url, additional_headers=headers) as ws:
+            await ws.send(json.dumps({"id": 1, "method": "Browser.getVersion"}))
+            await ws.recv()
+
+    return await timed(connect_and_call, rounds, warmup=2)
+
+
+async def bench(rounds: int, daemon: str, proxy: str, chromium: str) -> None:
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text="hello from the local server")
+
+    app = web.Application()
+    app.router.add_get("/hello", hello)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    target = f"http://127.0.0.1:{port}/hello"
+    try:
+        async with aiohttp.ClientSession() as session:
+            async def direct() -> None:
+                async with session.get(target) as resp:
+                    assert await resp.text() == "hello from the local server"
+
+            async def via_curl() -> None:
+                async with session.post(f"{daemon}/curl", json={"url": target},
+                                        headers=AUTH) as resp:
+                    body = await resp.json()
+                    assert resp.status == 200, body
+                    assert body["body"] == "hello from the local server"
+
+            direct_ms = await timed(direct, rounds)
+            curl_ms = await timed(via_curl, rounds)
+
+        direct_ws = await asyncio.to_thread(browser_url, f"http://{chromium}", {})
+        proxied_ws = await asyncio.to_thread(browser_url, f"http://{proxy}", AUTH)
+        cdp_direct = await cdp_round_trips(direct_ws, rounds * 4, {})
+        cdp_proxied = await cdp_round_trips(proxied_ws, rounds * 4, AUTH)
+        connect_direct = await cdp_connects(f"http://{chromium}", rounds, {})
+        connect_proxied = await cdp_connects(f"http://{proxy}", rounds, AUTH)
+    finally:
+        await runner.cleanup()
+
+    print(f"browser slice, {rounds} rounds (CDP round trips: {rounds * 4})")
+    print(row("GET local server, aiohttp directly", direct_ms))
+    print(row("GET local server, POST /curl through Chromium", curl_ms))
+    print(f"{'  curl overhead (median)':<52} "
+          f"{statistics.median(curl_ms) - statistics.median(direct_ms):9.2f} ms")
+    print(row("Browser.getVersion, Chromium's endpoint", cdp_direct))
+    print(row("Browser.getVersion, daemon's DevTools endpoint", cdp_proxied))
+    print(f"{'  proxy overhead per round trip (median)':<52} "
+          f"{statistics.median(cdp_proxied) - statistics.median(cdp_direct):9.2f} ms")
+    print(row("connect + first call, Chromium's endpoint", connect_direct))
+    print(row("connect + first call, daemon's DevTools endpoint", connect_proxied))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=50)
+    args = parser.parse_args()
+    with running_xvfb(1280, 800) as display, \
+            running_chromium(display.name, 1280, 800) as chromium:
+        port, proxy_port = free_port(), free_port()
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "agent", "--port", str(port), "--host", "127.0.0.1",
+             "--display", display.name, "--cdp-address", chromium.address,
+             "--api-token", TOKEN, "--cdp-proxy-port", str(proxy_port),
+             "--cdp-proxy-host", "127.0.0.1", "--log-level", "warning"],
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+        base = f"http://127.0.0.1:{port}"
+
+        def healthy() -> bool:
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=2) as resp:
+                    return bool(json.loads(resp.read())["devtools"]["ok"])
+            except OSError:
+                return False
+
+        try:
+            wait_until(healthy, timeout=30, what="the daemon and its DevTools connection")
+            asyncio.run(bench(args.rounds, base, f"127.0.0.1:{proxy_port}",
+                              chromium.address))
+        finally:
+            daemon.terminate()
+            daemon.wait(30)
+
+
+if __name__ == "__main__":
+    main()

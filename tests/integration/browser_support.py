@@ -1,0 +1,266 @@
+"""Real parts for the browser slice's tests: local HTTP servers, Chromium under a real
+supervisord (so that it can be restarted the way the daemon restarts it), screenshots."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mss
+import websockets
+from aiohttp import web
+from helpers import CHROMIUM_FLAGS, Chromium, free_port, wait_until
+
+from agent.browser.chromium import supervisor_rpc
+
+# Bytes of every value in a fixed, non-trivial order: what a binary body must round-trip.
+BINARY = bytes((i * 7919 + 13) % 256 for i in range(70_000)) + bytes(range(256))
+
+
+@dataclass
+class Recorder:
+    """What a test server saw."""
+
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def origin_app(recorder: Recorder) -> web.Application:
+    async def echo(request: web.Request) -> web.Response:
+        body = await request.read()
+        seen = {"method": request.method, "path": request.path_qs,
+                "headers": [[k, v] for k, v in request.headers.items()],
+                "body": body.decode("utf-8", errors="replace")}
+        recorder.requests.append(seen)
+        return web.json_response(seen)
+
+    async def set_cookies(request: web.Request) -> web.Response:
+        response = web.json_response({"ok": True})
+        response.headers.add("Set-Cookie", "first=1; Path=/")
+        response.headers.add("Set-Cookie", "second=2; Path=/; HttpOnly")
+        response.headers.add("Set-Cookie", "third=3; Path=/; SameSite=Strict")
+        response.headers.add("X-Multi", "a")
+        response.headers.add("X-Multi", "b")
+        return response
+
+    async def binary(request: web.Request) -> web.Response:
+        return web.Response(body=BINARY, content_type="application/octet-stream")
+
+    async def compressed(request: web.Request) -> web.Response:
+        response = web.Response(text="squeezed " * 1000, content_type="text/plain")
+        response.enable_compression(strategy=None)
+        return response
+
+    async def slow(request: web.Request) -> web.Response:
+        recorder.requests.append({"method": request.method, "path": request.path_qs})
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(recorder.release.wait(), 30)
+        return web.Response(text="late")
+
+    async def redirect(request: web.Request) -> web.Response:
+        code = int(request.match_info["code"])
+        return web.Response(status=code, headers={"Location": "/echo?redirected=1"})
+
+    async def no_content(request: web.Request) -> web.Response:
+        return web.Response(status=204)
+
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text="<html><head><title>original</title></head>"
+                                 "<body><h1>test page</h1></body></html>",
+                            content_type="text/html")
+
+    app = web.Application()
+    app.router.add_route("*", "/echo", echo)
+    app.router.add_get("/set-cookies", set_cookies)
+    app.router.add_get("/binary", binary)
+    app.router.add_get("/compressed", compressed)
+    app.router.add_get("/slow", slow)
+    app.router.add_route("*", "/redirect/{code}", redirect)
+    app.router.add_get("/no-content", no_content)
+    app.router.add_get("/page", page)
+    return app
+
+
+def proxy_app(recorder: Recorder) -> web.Application:
+    """A forward proxy that answers everything itself and records what it was asked."""
+
+    async def answer(request: web.Request) -> web.Response:
+        seen = {"method": request.method, "url": str(request.url),
+                "host": request.headers.get("Host", "")}
+        recorder.requests.append(seen)
+        return web.json_response({"via": "test-proxy", **seen})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    return app
+
+
+@contextlib.asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[str]:
+    """Run `app` on a free loopback port; yields its base URL."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+def screenshot(display: str) -> bytes:
+    """The whole X screen, raw RGB, straight from the X server."""
+    with mss.MSS(display=display) as grabber:
+        return bytes(grabber.grab(grabber.monitors[0]).rgb)
+
+
+async def browser_ws(chromium: Chromium) -> str:
+    info = await asyncio.to_thread(chromium.http_json, "/json/version")
+    return str(info["webSocketDebuggerUrl"])
+
+
+# --------------------------------------------------------------------- supervised Chromium
+
+LAUNCHER = """#!/bin/sh
+# Chromium as the image runs it: every folder of the extensions directory is loaded.
+EXT=""
+for dir in "{extensions}"/*/; do
+    [ -f "$dir/manifest.json" ] || continue
+    EXT="${{EXT:+$EXT,}}${{dir%/}}"
+done
+set -- {flags}
+if [ -n "$EXT" ]; then
+    set -- "$@" --load-extension="$EXT" --disable-extensions-except="$EXT"
+fi
+exec chromium "$@" about:blank
+"""
+
+SUPERVISORD_CONF = """[unix_http_server]
+file={root}/supervisor.sock
+
+[supervisord]
+nodaemon=true
+logfile={root}/supervisord.log
+pidfile={root}/supervisord.pid
+childlogdir={root}
+
+[rpcinterface:supervisor]
+supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+
+[program:chromium]
+command={root}/run-chromium.sh
+environment=DISPLAY="{display}"
+autostart=true
+autorestart=true
+startsecs=1
+stopasgroup=true
+killasgroup=true
+stopwaitsecs=10
+stdout_logfile={root}/chromium.log
+redirect_stderr=true
+"""
+
+
+@dataclass
+class SupervisedChromium:
+    """Chromium as the program `chromium` of a real supervisord, like in the image."""
+
+    root: Path
+    display: str
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def socket(self) -> str:
+        return str(self.root / "supervisor.sock")
+
+    @property
+    def extensions(self) -> Path:
+        return self.root / "extensions"
+
+    def chromium_pid(self) -> int:
+        with supervisor_rpc(self.socket, 30.0) as supervisor:
+            return int(supervisor.getProcessInfo("chromium")["pid"])
+
+    def restart(self) -> None:
+        """What `supervisorctl restart chromium` does."""
+        with supervisor_rpc(self.socket, 60.0) as supervisor:
+            supervisor.stopProcess("chromium", True)
+            supervisor.startProcess("chromium", True)
+
+    def version(self) -> dict[str, Any] | None:
+        browser = Chromium(self.display, 0, 0, port=self.port)
+        try:
+            return dict(browser.http_json("/json/version"))
+        except OSError:
+            return None
+
+    def page_ws(self) -> str:
+        browser = Chromium(self.display, 0, 0, port=self.port)
+        return str(wait_until(browser._page_target, timeout=30, what="a page target"))
+
+    def start(self) -> None:
+        self.extensions.mkdir(parents=True, exist_ok=True)
+        flags = " ".join([*CHROMIUM_FLAGS, f"--user-data-dir={self.root}/profile",
+                          f"--remote-debugging-port={self.port}",
+                          "--remote-debugging-address=127.0.0.1",
+                          "--window-position=0,0", "--window-size=1280,800"])
+        launcher = self.root / "run-chromium.sh"
+        launcher.write_text(LAUNCHER.format(extensions=self.extensions, flags=flags))
+        launcher.chmod(0o755)
+        conf = self.root / "supervisord.conf"
+        conf.write_text(SUPERVISORD_CONF.format(root=self.root, display=self.display))
+        self.proc = subprocess.Popen(["supervisord", "-n", "-c", str(conf)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
+        wait_until(self.version, timeout=30, what="supervised Chromium's DevTools")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.proc = None
+
+
+@contextlib.contextmanager
+def supervised_chromium(display: str) -> Iterator[SupervisedChromium]:
+    root = Path(tempfile.mkdtemp(prefix="agent-test-supervised-"))
+    browser = SupervisedChromium(root, display, free_port())
+    try:
+        browser.start()
+        yield browser
+    finally:
+        browser.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def cdp_call(ws_url: str, method: str, params: dict[str, Any] | None = None,
+                   headers: dict[str, str] | None = None) -> dict[str, Any]:
+    """One DevTools command over a fresh WebSocket (e.g. through the daemon's endpoint)."""
+    async with websockets.connect(ws_url, max_size=None,
+                                  additional_headers=headers or {}) as ws:
+        await ws.send(json.dumps({"id": 1, "method": method, "params": params or {}}))
+        while True:
+            message = json.loads(await ws.recv())
+            if message.get("id") == 1:
+                if "error" in message:
+                    raise RuntimeError(f"CDP {method} failed: {message['error']}")
+                return dict(message.get("result", {}))

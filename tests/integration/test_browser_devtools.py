@@ -1,0 +1,175 @@
+"""The public DevTools endpoint and the daemon's own DevTools connection, with Chromium
+run by a real supervisord and restarted the way the daemon restarts it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from browser_support import SupervisedChromium, cdp_call, supervised_chromium
+from conftest import MakeClient
+from helpers import async_wait_until, free_port, running_xvfb
+from websockets.exceptions import InvalidStatus
+
+from agent.appkeys import SETTINGS
+from agent.browser.routes import CDP
+
+Api = TestClient[Any, Any]
+ADMIN_BEARER = {"Authorization": "Bearer test-admin"}
+
+
+@pytest.fixture(scope="module")
+def supervised() -> Iterator[SupervisedChromium]:
+    with running_xvfb(1280, 800) as display, supervised_chromium(display.name) as browser:
+        yield browser
+
+
+@pytest.fixture
+async def api(make_client: MakeClient, supervised: SupervisedChromium) -> Api:
+    return await make_client(display=supervised.display, cdp_address=supervised.address,
+                             cdp_proxy_port=free_port(), cdp_proxy_host="127.0.0.1",
+                             supervisor_socket=supervised.socket,
+                             extensions_dir=str(supervised.extensions))
+
+
+def endpoint(api: Api) -> str:
+    return f"127.0.0.1:{api.server.app[SETTINGS].cdp_proxy_port}"
+
+
+def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+async def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    return await asyncio.to_thread(http_get, url, headers)
+
+
+async def restart_chromium(supervised: SupervisedChromium) -> None:
+    await asyncio.to_thread(supervised.restart)
+
+
+async def test_json_version_points_back_at_the_daemon(
+        api: Api, supervised: SupervisedChromium) -> None:
+    status, info = await get(f"http://{endpoint(api)}/json/version", ADMIN_BEARER)
+    assert status == 200, info
+    assert info["Browser"].startswith("Chrome/")
+    assert info["webSocketDebuggerUrl"].startswith(
+        f"ws://{endpoint(api)}/devtools/browser/")
+    direct = supervised.version()
+    assert direct is not None
+    assert supervised.address not in json.dumps(info)
+
+
+async def test_browser_get_version_works_through_the_endpoint_and_after_a_restart(
+        api: Api, supervised: SupervisedChromium) -> None:
+    status, info = await get(f"http://{endpoint(api)}/json/version", ADMIN_BEARER)
+    assert status == 200, info
+    public_url = info["webSocketDebuggerUrl"]
+    version = await cdp_call(public_url, "Browser.getVersion", headers=ADMIN_BEARER)
+    assert version["product"].startswith("Chrome/")
+
+    cdp = api.server.app[CDP]
+    await async_wait_until(lambda: cdp.state == "connected", timeout=10,
+                           what="the daemon's DevTools connection")
+    generation, pid = cdp.generation, supervised.chromium_pid()
+    direct_before = supervised.version()
+    await restart_chromium(supervised)
+    assert supervised.chromium_pid() != pid
+    direct_after = supervised.version()
+    assert direct_before and direct_after
+    # Chromium's own URL changed (a new browser id) ...
+    assert direct_after["webSocketDebuggerUrl"] != direct_before["webSocketDebuggerUrl"]
+    # ... the one the daemon handed out still works.
+    version = await cdp_call(public_url, "Browser.getVersion", headers=ADMIN_BEARER)
+    assert version["product"].startswith("Chrome/")
+    # And the daemon's own connection came back on its own, and says so in /health.
+    await async_wait_until(lambda: cdp.generation > generation and cdp.state == "connected",
+                           timeout=15, what="the daemon to reconnect")
+    health = await (await api.get("/health", headers={"Authorization": ""})).json()
+    assert health["devtools"]["ok"] is True and health["devtools"]["state"] == "connected"
+
+
+async def test_clients_without_the_token_are_refused(api: Api) -> None:
+    base = f"http://{endpoint(api)}"
+    status, body = await get(f"{base}/json/version")
+    assert status == 401 and body["code"] == "unauthorized"
+    status, body = await get(f"{base}/json/version", {"Authorization": "Bearer wrong"})
+    assert status == 401
+    status, body = await get(f"{base}/json/list", {"Authorization": "Bearer test-read"})
+    assert status == 403 and body["code"] == "forbidden"
+    status, info = await get(f"{base}/json/version", ADMIN_BEARER)
+    with pytest.raises(InvalidStatus) as refused:
+        await cdp_call(info["webSocketDebuggerUrl"], "Browser.getVersion")
+    assert refused.value.response.status_code == 401
+    with pytest.raises(InvalidStatus) as refused:
+        await cdp_call(info["webSocketDebuggerUrl"], "Browser.getVersion",
+                       headers={"Authorization": "Bearer test-read"})
+    assert refused.value.response.status_code == 403
+
+
+async def test_a_token_in_the_query_is_carried_into_the_socket_urls(api: Api) -> None:
+    status, info = await get(f"http://{endpoint(api)}/json/version?token=test-write")
+    assert status == 200, info
+    url = info["webSocketDebuggerUrl"]
+    assert url.endswith("?token=test-write")
+    version = await cdp_call(url, "Browser.getVersion")  # the URL alone is enough
+    assert version["product"].startswith("Chrome/")
+
+
+async def test_page_targets_are_listed_and_reachable_through_the_endpoint(
+        api: Api, supervised: SupervisedChromium) -> None:
+    supervised.page_ws()  # Chromium has its page up
+    status, targets = await get(f"http://{endpoint(api)}/json/list", ADMIN_BEARER)
+    assert status == 200, targets
+    pages = [t for t in targets if t["type"] == "page"]
+    assert pages
+    for target in targets:
+        assert target["webSocketDebuggerUrl"].startswith(f"ws://{endpoint(api)}/devtools/")
+        assert supervised.address not in json.dumps(target)
+    result = await cdp_call(pages[0]["webSocketDebuggerUrl"], "Runtime.evaluate",
+                            {"expression": "6 * 7", "returnByValue": True},
+                            headers=ADMIN_BEARER)
+    assert result["result"]["value"] == 42
+
+
+async def test_playwright_connects_over_cdp_through_the_endpoint(api: Api) -> None:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.connect_over_cdp(
+            f"http://{endpoint(api)}", headers=ADMIN_BEARER)
+        try:
+            page = browser.contexts[0].pages[0]
+            assert await page.evaluate("1 + 2") == 3
+        finally:
+            await browser.close()
+
+
+async def test_port_zero_turns_the_endpoint_off(
+        make_client: MakeClient, supervised: SupervisedChromium) -> None:
+    api = await make_client(display=supervised.display, cdp_address=supervised.address,
+                            cdp_proxy_port=0)
+    health = await (await api.get("/health", headers={"Authorization": ""})).json()
+    assert health["devtools"]["proxy"] == "off"
+
+
+async def test_a_taken_port_is_reported_not_fatal(
+        make_client: MakeClient, api: Api, supervised: SupervisedChromium) -> None:
+    port = api.server.app[SETTINGS].cdp_proxy_port
+    second = await make_client(display=supervised.display, cdp_address=supervised.address,
+                               cdp_proxy_port=port, cdp_proxy_host="127.0.0.1")
+    health = await (await second.get("/health", headers={"Authorization": ""})).json()
+    assert "cannot listen" in health["devtools"]["proxy_error"]
+    resp = await second.get("/spec.json")
+    assert resp.status == 200
