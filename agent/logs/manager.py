@@ -9,8 +9,8 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 
 from agent.errors import BadRequest, Forbidden, NotFound, Unavailable, field_error
-from agent.logs.supervisor import SupervisorClient
 from agent.logs.tail import FileTailer
+from agent.supervisor import SupervisorClient
 
 log = logging.getLogger(__name__)
 

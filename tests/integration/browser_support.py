@@ -21,7 +21,7 @@ import websockets
 from aiohttp import web
 from helpers import CHROMIUM_FLAGS, Chromium, free_port, wait_until
 
-from agent.browser.chromium import supervisor_rpc
+from agent.supervisor import SupervisorClient
 
 # Bytes of every value in a fixed, non-trivial order: what a binary body must round-trip.
 BINARY = bytes((i * 7919 + 13) % 256 for i in range(70_000)) + bytes(range(256))
@@ -193,14 +193,11 @@ class SupervisedChromium:
         return self.root / "extensions"
 
     def chromium_pid(self) -> int:
-        with supervisor_rpc(self.socket, 30.0) as supervisor:
-            return int(supervisor.getProcessInfo("chromium")["pid"])
+        return int(SupervisorClient(self.socket, 30.0).process_info("chromium")["pid"])
 
     def restart(self) -> None:
         """What `supervisorctl restart chromium` does."""
-        with supervisor_rpc(self.socket, 60.0) as supervisor:
-            supervisor.stopProcess("chromium", True)
-            supervisor.startProcess("chromium", True)
+        SupervisorClient(self.socket).restart("chromium")
 
     def version(self) -> dict[str, Any] | None:
         browser = Chromium(self.display, 0, 0, port=self.port)

@@ -24,7 +24,7 @@ from conftest import READ, MakeClient
 from helpers import async_wait_until, wait_until
 
 from agent.logs.routes import LOGS
-from agent.logs.supervisor import SupervisorClient
+from agent.supervisor import SupervisorClient
 
 
 class SSE:

@@ -15,8 +15,8 @@ from helpers import async_wait_until
 
 from agent.errors import BadRequest, NotFound, Unavailable
 from agent.logs.manager import DEFAULT_TAIL, parse_tail
-from agent.logs.supervisor import SupervisorClient
 from agent.logs.tail import MAX_LINE_BYTES, FileTailer, LineSplitter, tail_offset
+from agent.supervisor import SupervisorClient
 
 # --------------------------------------------------------------------- LineSplitter
 

@@ -1,9 +1,8 @@
-"""Asking supervisord where a program's log is, over its XML-RPC unix socket.
-
-The daemon never guesses log paths: supervisord knows them (including the generated
-names of `AUTO` logs), and `supervisor.getProcessInfo(name)` reports them. The calls are
-blocking (`xmlrpc.client` over a unix-socket HTTP connection) and short; callers run them
-on a thread pool.
+"""The few supervisord calls the daemon makes, over its XML-RPC unix socket: where a
+program's log is (the logs slice never guesses paths: supervisord knows them, including
+the generated names of `AUTO` logs) and restarting a program (the browser slice restarts
+Chromium). The calls block (`xmlrpc.client` over a unix-socket HTTP connection); callers
+run them on a thread.
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ from agent.errors import AgentError, BadGateway, BadRequest, NotFound, Unavailab
 # supervisord's fault codes (supervisor.xmlrpc.Faults) that mean something to a client.
 FAULT_SHUTDOWN_STATE = 6
 FAULT_BAD_NAME = 10
+FAULT_NOT_RUNNING = 70
 
 TIMEOUT_S = 5.0
 
@@ -72,13 +72,18 @@ class SupervisorClient:
         self.socket_path = socket_path
         self._timeout = timeout
 
-    def _call(self, method: str, *args: Any) -> Any:
-        transport = _UnixTransport(self.socket_path, self._timeout)
+    def _call(self, method: str, *args: Any, timeout: float | None = None,
+              allowed_faults: tuple[int, ...] = ()) -> Any:
+        """One call; a fault whose code is in `allowed_faults` answers None."""
+        timeout = self._timeout if timeout is None else timeout
+        transport = _UnixTransport(self.socket_path, timeout)
         proxy = xmlrpc.client.ServerProxy("http://localhost/RPC2", transport=transport,
                                           allow_none=True)
         try:
             return getattr(proxy, method)(*args)
         except xmlrpc.client.Fault as fault:
+            if fault.faultCode in allowed_faults:
+                return None
             raise self._fault_error(method, args, fault) from None
         except xmlrpc.client.ProtocolError as exc:
             raise BadGateway(f"supervisord refused {method}: HTTP {exc.errcode} "
@@ -87,7 +92,7 @@ class SupervisorClient:
             raise Unavailable(f"supervisord is not running (nothing answers on "
                               f"{self.socket_path})", code="supervisor_unavailable") from None
         except TimeoutError:
-            raise Unavailable(f"supervisord did not answer within {self._timeout:g}s on "
+            raise Unavailable(f"supervisord did not answer within {timeout:g}s on "
                               f"{self.socket_path}", code="supervisor_unavailable") from None
         except OSError as exc:
             raise Unavailable(f"cannot reach supervisord on {self.socket_path}: "
@@ -127,3 +132,10 @@ class SupervisorClient:
             # e.g. /dev/stdout: supervisord's own output, not a file the daemon can follow
             raise NotFound(f"supervisord program {name!r} logs to {path}, not to a file")
         return path
+
+    def restart(self, name: str, timeout: float = 60.0) -> None:
+        """Stop `name` (if it runs) and start it again, waiting for both."""
+        check_program_name(name)
+        self._call("supervisor.stopProcess", name, True, timeout=timeout,
+                   allowed_faults=(FAULT_NOT_RUNNING,))
+        self._call("supervisor.startProcess", name, True, timeout=timeout)
