@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -16,6 +17,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import websockets
@@ -251,3 +253,79 @@ def running_chromium(display: str, width: int, height: int,
         yield browser
     finally:
         browser.stop()
+
+
+SUPERVISORD_HEAD = """\
+[unix_http_server]
+file={root}/supervisor.sock
+chmod=0700
+
+[supervisord]
+nodaemon=true
+logfile={root}/supervisord.log
+pidfile={root}/supervisord.pid
+childlogdir={root}
+
+[rpcinterface:supervisor]
+supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+
+"""
+
+
+@dataclass
+class Supervisord:
+    """A real supervisord running `programs` (conf sections; `{root}` is its directory)."""
+
+    root: Path
+    programs: str
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def socket(self) -> str:
+        return str(self.root / "supervisor.sock")
+
+    def start(self) -> None:
+        conf = self.root / "supervisord.conf"
+        conf.write_text(SUPERVISORD_HEAD.format(root=self.root)
+                        + self.programs.format(root=self.root))
+        self.proc = subprocess.Popen(["supervisord", "-n", "-c", str(conf)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
+        wait_until(self._answers, timeout=20, what="supervisord to answer")
+
+    def _answers(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"supervisord exited with {self.proc.returncode}")
+        try:
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.connect(self.socket)
+            return True
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.proc = None
+
+
+@contextlib.contextmanager
+def running_supervisord(programs: str, files: dict[str, str] | None = None,
+                        prefix: str = "agent-sv-") -> Iterator[Supervisord]:
+    """supervisord in a fresh short directory (unix socket paths are limited to 108
+    bytes) holding `files` (name → text) before it starts."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    for name, text in (files or {}).items():
+        (root / name).write_text(text)
+    supervisor = Supervisord(root, programs)
+    try:
+        supervisor.start()
+        yield supervisor
+    finally:
+        supervisor.stop()
+        shutil.rmtree(root, ignore_errors=True)

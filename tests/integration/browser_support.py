@@ -7,10 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
-import signal
-import subprocess
-import tempfile
+import pwd
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +16,7 @@ from typing import Any
 import mss
 import websockets
 from aiohttp import web
-from helpers import CHROMIUM_FLAGS, Chromium, free_port, wait_until
+from helpers import Chromium, Supervisord, free_port, running_supervisord, wait_until
 
 from agent.supervisor import SupervisorClient
 
@@ -131,42 +128,22 @@ async def browser_ws(chromium: Chromium) -> str:
 
 # --------------------------------------------------------------------- supervised Chromium
 
-LAUNCHER = """#!/bin/sh
-# Chromium as the image runs it: every folder of the extensions directory is loaded.
-EXT=""
-for dir in "{extensions}"/*/; do
-    [ -f "$dir/manifest.json" ] || continue
-    EXT="${{EXT:+$EXT,}}${{dir%/}}"
-done
-set -- {flags}
-if [ -n "$EXT" ]; then
-    set -- "$@" --load-extension="$EXT" --disable-extensions-except="$EXT"
-fi
-exec chromium "$@" about:blank
-"""
+REPO = Path(__file__).resolve().parents[2]
 
-SUPERVISORD_CONF = """[unix_http_server]
-file={root}/supervisor.sock
-
-[supervisord]
-nodaemon=true
-logfile={root}/supervisord.log
-pidfile={root}/supervisord.pid
-childlogdir={root}
-
-[rpcinterface:supervisor]
-supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
-
-[program:chromium]
-command={root}/run-chromium.sh
-environment=DISPLAY="{display}"
+# The stack's own launcher (scripts/chromium-launch.sh) as the stack's supervisord runs
+# it: waits for X, clears stale locks, loads every folder of the extensions directory.
+CHROMIUM_PROGRAM = """[program:chromium]
+command={repo}/scripts/chromium-launch.sh
+environment=STACK_HOME="{repo}",AGENT_DISPLAY="{display}",AGENT_CDP_ADDRESS="127.0.0.1:{port}",
+    AGENT_EXTENSIONS_DIR="{{root}}/extensions",CHROMIUM_PROFILE_DIR="{{root}}/profile",
+    XVFB_SCREEN="1280x800x24",AGENT_DEFAULT_USER="{user}",CHROMIUM_SANDBOX="off"
 autostart=true
 autorestart=true
 startsecs=1
 stopasgroup=true
 killasgroup=true
 stopwaitsecs=10
-stdout_logfile={root}/chromium.log
+stdout_logfile={{root}}/chromium.log
 redirect_stderr=true
 """
 
@@ -175,10 +152,13 @@ redirect_stderr=true
 class SupervisedChromium:
     """Chromium as the program `chromium` of a real supervisord, like in the image."""
 
-    root: Path
+    supervisor: Supervisord
     display: str
     port: int
-    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def root(self) -> Path:
+        return self.supervisor.root
 
     @property
     def address(self) -> str:
@@ -186,7 +166,7 @@ class SupervisedChromium:
 
     @property
     def socket(self) -> str:
-        return str(self.root / "supervisor.sock")
+        return self.supervisor.socket
 
     @property
     def extensions(self) -> Path:
@@ -210,43 +190,17 @@ class SupervisedChromium:
         browser = Chromium(self.display, 0, 0, port=self.port)
         return str(wait_until(browser._page_target, timeout=30, what="a page target"))
 
-    def start(self) -> None:
-        self.extensions.mkdir(parents=True, exist_ok=True)
-        flags = " ".join([*CHROMIUM_FLAGS, f"--user-data-dir={self.root}/profile",
-                          f"--remote-debugging-port={self.port}",
-                          "--remote-debugging-address=127.0.0.1",
-                          "--window-position=0,0", "--window-size=1280,800"])
-        launcher = self.root / "run-chromium.sh"
-        launcher.write_text(LAUNCHER.format(extensions=self.extensions, flags=flags))
-        launcher.chmod(0o755)
-        conf = self.root / "supervisord.conf"
-        conf.write_text(SUPERVISORD_CONF.format(root=self.root, display=self.display))
-        self.proc = subprocess.Popen(["supervisord", "-n", "-c", str(conf)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     start_new_session=True)
-        wait_until(self.version, timeout=30, what="supervised Chromium's DevTools")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self.proc = None
-
 
 @contextlib.contextmanager
 def supervised_chromium(display: str) -> Iterator[SupervisedChromium]:
-    root = Path(tempfile.mkdtemp(prefix="agent-test-supervised-"))
-    browser = SupervisedChromium(root, display, free_port())
-    try:
-        browser.start()
+    port = free_port()
+    program = CHROMIUM_PROGRAM.format(repo=REPO, display=display, port=port,
+                                      user=pwd.getpwuid(os.getuid()).pw_name)
+    with running_supervisord(program, prefix="agent-test-supervised-") as supervisor:
+        browser = SupervisedChromium(supervisor, display, port)
+        browser.extensions.mkdir(parents=True, exist_ok=True)
+        wait_until(browser.version, timeout=30, what="supervised Chromium's DevTools")
         yield browser
-    finally:
-        browser.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 async def cdp_call(ws_url: str, method: str, params: dict[str, Any] | None = None,

@@ -8,12 +8,9 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -21,7 +18,7 @@ from typing import Any
 import pytest
 from aiohttp import ClientResponse
 from conftest import READ, MakeClient
-from helpers import async_wait_until, wait_until
+from helpers import Supervisord, async_wait_until, running_supervisord, wait_until
 
 from agent.logs.routes import LOGS
 from agent.supervisor import SupervisorClient
@@ -313,36 +310,9 @@ for n in itertools.count(1):
 """
 
 
-@dataclass
-class Supervisord:
-    directory: Path
-    socket: str
-    proc: subprocess.Popen[bytes]
-
-
-@pytest.fixture(scope="module")
-def supervisord() -> Iterator[Supervisord]:
-    # A short directory: unix socket paths are limited to 108 bytes.
-    directory = Path(tempfile.mkdtemp(prefix="agent-sv-"))
-    sock = str(directory / "supervisor.sock")
-    (directory / "talker.py").write_text(TALKER)
-    (directory / "chatty.py").write_text(CHATTY)
-    (directory / "supervisord.conf").write_text(f"""\
-[unix_http_server]
-file={sock}
-chmod=0700
-
-[supervisord]
-nodaemon=true
-logfile={directory}/supervisord.log
-pidfile={directory}/supervisord.pid
-childlogdir={directory}
-
-[rpcinterface:supervisor]
-supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
-
+PROGRAMS = f"""\
 [program:talker]
-command={sys.executable} -u {directory}/talker.py
+command={sys.executable} -u {{root}}/talker.py
 redirect_stderr=true
 startsecs=0
 autorestart=false
@@ -357,8 +327,8 @@ stopasgroup=true
 killasgroup=true
 
 [program:chatty]
-command={sys.executable} -u {directory}/chatty.py
-stdout_logfile={directory}/chatty.log
+command={sys.executable} -u {{root}}/chatty.py
+stdout_logfile={{root}}/chatty.log
 stdout_logfile_maxbytes=2KB
 stdout_logfile_backups=3
 startsecs=0
@@ -372,31 +342,21 @@ stdout_logfile_maxbytes=0
 startsecs=0
 stopasgroup=true
 killasgroup=true
-""")
-    proc = subprocess.Popen(["supervisord", "-n", "-c", str(directory / "supervisord.conf")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = SupervisorClient(sock)
+"""
 
-    def running() -> bool:
-        if proc.poll() is not None:
-            raise RuntimeError(f"supervisord exited with {proc.returncode}")
-        try:
+
+@pytest.fixture(scope="module")
+def supervisord() -> Iterator[Supervisord]:
+    files = {"talker.py": TALKER, "chatty.py": CHATTY}
+    with running_supervisord(PROGRAMS, files) as supervisor:
+        client = SupervisorClient(supervisor.socket)
+
+        def running() -> bool:
             return all(client.process_info(name)["statename"] == "RUNNING"
                        for name in ("talker", "silent", "chatty", "console"))
-        except Exception:
-            return False
 
-    try:
-        wait_until(running, timeout=20, what="supervisord and its programs to run")
-        yield Supervisord(directory, sock, proc)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        shutil.rmtree(directory, ignore_errors=True)
+        wait_until(running, timeout=20, what="supervisord's programs to run")
+        yield supervisor
 
 
 async def test_supervisor_program_log_streams_by_name(make_client: MakeClient,
@@ -413,7 +373,7 @@ async def test_supervisor_program_log_streams_by_name(make_client: MakeClient,
     sse.resp.close()
     # The lines came from the log supervisord itself names (an AUTO log in childlogdir).
     path = SupervisorClient(supervisord.socket).stdout_logfile("talker")
-    assert Path(path).parent == supervisord.directory
+    assert Path(path).parent == supervisord.root
     content = (await asyncio.to_thread(Path(path).read_text)).splitlines()
     assert content[:8] == first + more
 
@@ -433,7 +393,7 @@ async def test_supervisor_rotation_loses_and_repeats_nothing(make_client: MakeCl
     numbers += [int(m.split()[1]) for m in await sse.messages(5)]
     sse.resp.close()
     assert numbers == list(range(numbers[0], numbers[0] + len(numbers)))
-    assert (supervisord.directory / "chatty.log.1").exists()
+    assert (supervisord.root / "chatty.log.1").exists()
 
 
 async def test_supervisor_program_tail_without_follow(make_client: MakeClient,
