@@ -1,9 +1,122 @@
-"""HTTP routes of the computer slice (not served yet)."""
+"""HTTP routes of the computer slice: /computer/* on the X display."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from typing import Any
+
 from aiohttp import web
+
+from agent.appkeys import HEALTH_PROBES, SETTINGS
+from agent.computer.manager import Computer
+from agent.errors import AgentError
+from agent.spec import request_json
+
+COMPUTER = web.AppKey("computer", Computer)
+routes = web.RouteTableDef()
+
+
+def _computer(request: web.Request) -> Computer:
+    return request.app[COMPUTER]
+
+
+async def _act(request: web.Request, kind: str) -> web.Response:
+    body = await request_json(request)
+    await _computer(request).perform(kind, body)
+    return web.Response(status=200)
+
+
+@routes.post("/computer/click_mouse")
+async def click_mouse(request: web.Request) -> web.Response:
+    return await _act(request, "click_mouse")
+
+
+@routes.post("/computer/move_mouse")
+async def move_mouse(request: web.Request) -> web.Response:
+    return await _act(request, "move_mouse")
+
+
+@routes.post("/computer/type")
+async def type_text(request: web.Request) -> web.Response:
+    return await _act(request, "type_text")
+
+
+@routes.post("/computer/press_key")
+async def press_key(request: web.Request) -> web.Response:
+    return await _act(request, "press_key")
+
+
+@routes.post("/computer/scroll")
+async def scroll(request: web.Request) -> web.Response:
+    return await _act(request, "scroll")
+
+
+@routes.post("/computer/drag_mouse")
+async def drag_mouse(request: web.Request) -> web.Response:
+    return await _act(request, "drag_mouse")
+
+
+@routes.post("/computer/cursor")
+async def cursor(request: web.Request) -> web.Response:
+    body = await request_json(request)
+    await _computer(request).perform("set_cursor", body)
+    return web.json_response({"ok": True})
+
+
+@routes.post("/computer/batch")
+async def batch(request: web.Request) -> web.Response:
+    body = await request_json(request)
+    await _computer(request).batch(body["actions"])
+    return web.Response(status=200)
+
+
+@routes.post("/computer/get_mouse_position")
+async def get_mouse_position(request: web.Request) -> web.Response:
+    x, y = await _computer(request).mouse_position()
+    return web.json_response({"x": x, "y": y})
+
+
+@routes.post("/computer/screenshot")
+async def screenshot(request: web.Request) -> web.Response:
+    body = await request_json(request)
+    shot = await _computer(request).screenshot(body)
+    return web.Response(body=shot.data, content_type=shot.content_type,
+                        headers={"Cache-Control": "no-store"})
+
+
+@routes.post("/computer/clipboard/read")
+async def clipboard_read(request: web.Request) -> web.Response:
+    text = await _computer(request).clipboard_read()
+    return web.json_response({"text": text})
+
+
+@routes.post("/computer/clipboard/write")
+async def clipboard_write(request: web.Request) -> web.Response:
+    body = await request_json(request)
+    await _computer(request).clipboard_write(body["text"])
+    return web.Response(status=200)
+
+
+async def _display_probe(computer: Computer, name: str) -> dict[str, Any]:
+    try:
+        await computer.display_ok()
+    except AgentError as exc:
+        return {"ok": False, "name": name, "error": exc.message}
+    return {"ok": True, "name": name}
 
 
 def setup(app: web.Application) -> None:
-    """Adds nothing yet."""
+    """Routes, and the controller (its connections open on first use; closed at cleanup)."""
+    app.router.add_routes(routes)
+    name = app[SETTINGS].display
+    computer = Computer(name)
+    app[COMPUTER] = computer
+    probes = app.get(HEALTH_PROBES)
+    if probes is not None:
+        probes["display"] = lambda: _display_probe(computer, name)
+
+    async def lifetime(app: web.Application) -> AsyncIterator[None]:
+        yield
+        await computer.close()
+
+    app.cleanup_ctx.append(lifetime)

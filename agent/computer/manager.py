@@ -1,0 +1,264 @@
+"""The computer controller: what the routes call.
+
+Three X connections, each on its own thread: *input* (XTEST; every action and batch runs
+there one at a time, in arrival order), *read* (screenshots, pointer position) so that
+reads never wait behind a long drag or typing run, and the *clipboard* owner. Actions are
+parsed up front (key names, limits), so a bad request fails before any input happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from agent.computer import keys
+from agent.computer.clipboard import Clipboard
+from agent.computer.display import XConnection
+from agent.computer.input import InputSession, input_factory
+from agent.computer.screen import (
+    CaptureSession,
+    Region,
+    Shot,
+    ShotRequest,
+    release_free_memory,
+)
+from agent.errors import AgentError, BadRequest, field_error
+
+ACTION_TYPES = ("click_mouse", "move_mouse", "type_text", "press_key", "scroll", "drag_mouse",
+                "set_cursor", "sleep")
+MAX_CLICKS = 100
+MAX_WHEEL = 1000
+MAX_WAIT_MS = 60_000
+MAX_PATH = 1000
+IDLE_RELEASE_S = 2.0
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: str
+    run: Callable[[InputSession], None]
+    points: tuple[tuple[int, int, str], ...] = ()  # checked against the screen first
+    hides_cursor: bool | None = None  # set_cursor's new state, kept across reconnects
+
+
+def _limit(params: Mapping[str, Any], name: str, low: int, high: int, default: int) -> int:
+    value = params.get(name, default)
+    if value is None:
+        return default
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise BadRequest(f"{name} must be an integer from {low} to {high}",
+                         details=[field_error(name, f"must be from {low} to {high}")])
+    return value
+
+
+def _point(params: Mapping[str, Any]) -> tuple[int, int]:
+    return int(params["x"]), int(params["y"])
+
+
+def prepare(kind: str, params: Mapping[str, Any]) -> Action:
+    """A validated action, ready to run on the input connection."""
+    hold = keys.parse_hold_keys(params.get("hold_keys"))
+    if kind == "click_mouse":
+        x, y = _point(params)
+        clicks = _limit(params, "num_clicks", 1, MAX_CLICKS, 1)
+        button = params.get("button") or "left"
+        click_type = params.get("click_type") or "click"
+        return Action(kind, lambda s: s.click(x, y, button, click_type, clicks, hold),
+                      ((x, y, ""),))
+    if kind == "move_mouse":
+        x, y = _point(params)
+        smooth = bool(params.get("smooth", True))
+        move_ms: int | None = None
+        if params.get("duration_ms") is not None:
+            move_ms = _limit(params, "duration_ms", 50, 5000, 0)
+        return Action(kind, lambda s: s.move(x, y, smooth, move_ms, hold), ((x, y, ""),))
+    if kind == "type_text":
+        text = str(params["text"])
+        delay = _limit(params, "delay", 0, MAX_WAIT_MS, 0)
+        return Action(kind, lambda s: s.type_text(text, delay))
+    if kind == "press_key":
+        combos = keys.parse_keys(params.get("keys"), "keys")
+        if not combos:
+            raise BadRequest("keys must name at least one key",
+                             details=[field_error("keys", "must name at least one key")])
+        hold_ms = _limit(params, "duration", 0, MAX_WAIT_MS, 0)
+        return Action(kind, lambda s: s.press_keys(combos, hold_ms, hold))
+    if kind == "scroll":
+        x, y = _point(params)
+        dx = _limit(params, "delta_x", -MAX_WHEEL, MAX_WHEEL, 0)
+        dy = _limit(params, "delta_y", -MAX_WHEEL, MAX_WHEEL, 0)
+        return Action(kind, lambda s: s.scroll(x, y, dx, dy, hold), ((x, y, ""),))
+    if kind == "drag_mouse":
+        raw = params.get("path") or []
+        if not 2 <= len(raw) <= MAX_PATH:
+            raise BadRequest(f"path must hold 2 to {MAX_PATH} points",
+                             details=[field_error("path", f"must hold 2 to {MAX_PATH} points")])
+        path = [(int(p[0]), int(p[1])) for p in raw]
+        button = params.get("button") or "left"
+        delay = _limit(params, "delay", 0, MAX_WAIT_MS, 0)
+        steps = _limit(params, "steps_per_segment", 1, 1000, 10)
+        step_delay = _limit(params, "step_delay_ms", 0, MAX_WAIT_MS, 50)
+        smooth = bool(params.get("smooth", True))
+        drag_ms: int | None = None
+        if params.get("duration_ms") is not None:
+            drag_ms = _limit(params, "duration_ms", 50, 10_000, 0)
+        return Action(
+            kind,
+            lambda s: s.drag(path, button, delay, steps, step_delay, smooth, drag_ms, hold),
+            tuple((x, y, f"path.{i}") for i, (x, y) in enumerate(path)))
+    if kind == "set_cursor":
+        hidden = bool(params["hidden"])
+        return Action(kind, lambda s: s.set_cursor(hidden), hides_cursor=hidden)
+    if kind == "sleep":
+        pause_ms = _limit(params, "duration_ms", 0, 30_000, 0)
+        return Action(kind, lambda s: s.sleep(pause_ms))
+    raise BadRequest(f"unknown action type {kind!r}",
+                     details=[field_error("type", f"must be one of {', '.join(ACTION_TYPES)}")])
+
+
+def _in_batch(exc: AgentError, index: int, kind: str) -> AgentError:
+    """The same error, saying which action of the batch failed."""
+    details: list[dict[str, Any]] = [{
+        "code": "batch_action_failed", "field": f"actions.{index}", "index": index,
+        "action": kind, "message": f"actions[{index}] ({kind}): {exc.message}",
+    }]
+    for detail in exc.details or []:
+        inner = dict(detail)
+        if "field" in inner:
+            inner["field"] = f"actions.{index}.{kind}.{inner['field']}"
+        details.append(inner)
+    wrapped = type(exc)(f"actions[{index}] ({kind}) failed: {exc.message}", details=details,
+                        code=exc.code, headers=exc.headers, extra=exc.extra)
+    wrapped.status = exc.status
+    return wrapped
+
+
+class Computer:
+    def __init__(self, display_name: str) -> None:
+        self.display_name = display_name
+        self._cursor_hidden = False
+        self._closing = threading.Event()
+        self._encoders = ThreadPoolExecutor(max_workers=2, thread_name_prefix="encode")
+        self.input: XConnection[InputSession] = XConnection(
+            display_name, "input", input_factory(self._closing, lambda: self._cursor_hidden))
+        self.reads: XConnection[CaptureSession] = XConnection(
+            display_name, "read", lambda dpy: CaptureSession(dpy, self._encoders))
+        self.clipboard = Clipboard(display_name)
+        self._trim_timer: asyncio.TimerHandle | None = None
+        self._trim_task: asyncio.Task[None] | None = None
+
+    async def close(self) -> None:
+        self._closing.set()
+        if self._trim_timer is not None:
+            self._trim_timer.cancel()
+        await asyncio.gather(self.input.close(), self.reads.close(), self.clipboard.close())
+        self._encoders.shutdown(wait=False)
+
+    # -- input ---------------------------------------------------------------------------
+
+    async def perform(self, kind: str, params: Mapping[str, Any]) -> None:
+        action = prepare(kind, params)
+
+        def run(session: InputSession) -> None:
+            for x, y, field in action.points:
+                session.check_point(x, y, field)
+            action.run(session)
+
+        await self.input.run(run)
+        if action.hides_cursor is not None:
+            self._cursor_hidden = action.hides_cursor
+
+    async def batch(self, actions: Sequence[Mapping[str, Any]]) -> None:
+        prepared: list[Action] = []
+        for index, item in enumerate(actions):
+            kind = str(item.get("type"))
+            try:
+                extra = sorted(k for k in item if k not in ("type", kind))
+                if kind not in ACTION_TYPES:
+                    prepare(kind, {})
+                if extra:
+                    raise BadRequest(f"only the {kind} field may accompany type {kind}",
+                                     details=[field_error(extra[0], f"not allowed with type "
+                                                          f"{kind}", "unexpected_field")])
+                if kind not in item or not isinstance(item[kind], Mapping):
+                    raise BadRequest(f"type {kind} needs its parameters in the {kind} field",
+                                     details=[field_error(kind, "is required",
+                                                          "missing_field")])
+                prepared.append(prepare(kind, item[kind]))
+            except AgentError as exc:
+                raise _in_batch(exc, index, kind) from None
+        position = [0]
+
+        def run(session: InputSession) -> None:
+            for index, action in enumerate(prepared):
+                position[0] = index
+                for x, y, field in action.points:
+                    session.check_point(x, y, field)
+            for index, action in enumerate(prepared):
+                position[0] = index
+                action.run(session)
+                if action.hides_cursor is not None:
+                    self._cursor_hidden = action.hides_cursor
+
+        try:
+            await self.input.run(run)
+        except AgentError as exc:
+            index = position[0]
+            raise _in_batch(exc, index, prepared[index].kind) from None
+
+    # -- reads ---------------------------------------------------------------------------
+
+    async def mouse_position(self) -> tuple[int, int]:
+        return await self.reads.run(lambda s: s.pointer())
+
+    async def screenshot(self, params: Mapping[str, Any]) -> Shot:
+        region = params.get("region")
+        scale = params.get("scale_to") or {}
+        request = ShotRequest(
+            region=Region(int(region["x"]), int(region["y"]), int(region["width"]),
+                          int(region["height"])) if region else None,
+            format=str(params.get("format") or "png"),
+            quality=params.get("quality"),
+            scale_width=scale.get("width"),
+            scale_height=scale.get("height"),
+        )
+        shot = await self.reads.run(lambda s: s.screenshot(request))
+        if not shot.reused:
+            self._trim_later()
+        return shot
+
+    def _trim_later(self) -> None:
+        """Once screenshots have stopped for a while, drop the capture buffer (a full-screen
+        shared memory segment) and hand the encoders' freed memory back to the system."""
+        if self._trim_timer is not None:
+            self._trim_timer.cancel()
+        loop = asyncio.get_running_loop()
+
+        def trim() -> None:
+            self._trim_timer = None
+            self._trim_task = loop.create_task(self._release_idle())
+
+        self._trim_timer = loop.call_later(IDLE_RELEASE_S, trim)
+
+    async def _release_idle(self) -> None:
+        try:
+            await self.reads.run(lambda s: s.release_idle())
+        except AgentError:
+            pass  # the display is gone: nothing to release
+        release_free_memory()
+
+    async def display_ok(self) -> None:
+        """Raises DisplayUnavailable unless the X server answers a round trip."""
+        await self.reads.run(lambda s: s.dpy.sync())
+
+    # -- clipboard -----------------------------------------------------------------------
+
+    async def clipboard_read(self) -> str:
+        return await self.clipboard.read()
+
+    async def clipboard_write(self, text: str) -> None:
+        await self.clipboard.write(text)
