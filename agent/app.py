@@ -21,7 +21,6 @@ from agent.computer import routes as computer_routes
 from agent.config import Settings
 from agent.errors import AgentError, Forbidden, InternalError, NotFound
 from agent.files import routes as files_routes
-from agent.health import default_probes
 from agent.logs import routes as logs_routes
 from agent.processes import routes as processes_routes
 from agent.spec import ALIAS_PREFIX, operation_for, spec_json, spec_text
@@ -165,7 +164,7 @@ def create_app(settings: Settings) -> web.Application:
         client_max_size=settings.max_body_bytes,
     )
     app[SETTINGS] = settings
-    app[HEALTH_PROBES] = default_probes(settings)
+    app[HEALTH_PROBES] = {}  # the computer and browser slices add display and devtools
     app.on_response_prepare.append(_add_request_id)
     app.router.add_get("/health", health)
     app.router.add_get("/spec.yaml", get_spec_yaml)

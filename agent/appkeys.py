@@ -11,8 +11,7 @@ from agent.config import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
 
-# name → probe answering {"ok": bool, ...}; /health runs them all. Slices that own a
-# component (the X display, the DevTools connection) replace the default probe with one
-# reporting their manager's own state.
+# name → probe answering {"ok": bool, ...}; /health runs them all. The slice that owns a
+# component (the X display, the DevTools connection) adds the probe reporting its state.
 HealthProbe = Callable[[], Awaitable[dict[str, Any]]]
 HEALTH_PROBES = web.AppKey("health_probes", dict[str, HealthProbe])

@@ -111,9 +111,7 @@ def setup(app: web.Application) -> None:
     name = app[SETTINGS].display
     computer = Computer(name)
     app[COMPUTER] = computer
-    probes = app.get(HEALTH_PROBES)
-    if probes is not None:
-        probes["display"] = lambda: _display_probe(computer, name)
+    app[HEALTH_PROBES]["display"] = lambda: _display_probe(computer, name)
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
         yield
