@@ -1,0 +1,191 @@
+"""From a request to a started process: which user it runs as, its environment and working
+directory, and the one place OS launch failures become client errors.
+
+Children never inherit the daemon's environment (it may hold API tokens): they get a small
+sane default (PATH, HOME, USER, LOGNAME, SHELL, LANG, DISPLAY, TERM on a terminal) with the
+request's `env` on top.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import pwd
+import subprocess
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from agent.errors import AgentError, BadRequest, Forbidden, Unavailable, field_error
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+TERM = "xterm-256color"
+
+
+@dataclass(frozen=True)
+class Command:
+    """What a client asked to run (the fields of ProcessExecRequest)."""
+
+    command: str
+    args: list[str] = field(default_factory=list)
+    cwd: str | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    as_user: str | None = None
+    as_root: bool = False
+    timeout_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Identity:
+    """The account a process runs as; `switch` is False when that is the daemon's own."""
+
+    name: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    home: str
+    shell: str
+    switch: bool
+
+
+@dataclass(frozen=True)
+class Launch:
+    argv: list[str]
+    cwd: str
+    env: dict[str, str]
+    identity: Identity
+
+
+def _bad(field_name: str, message: str, code: str | None = None) -> BadRequest:
+    return BadRequest(f"{field_name}: {message}", details=[field_error(field_name, message)],
+                      code=code)
+
+
+def identity_of(entry: pwd.struct_passwd, euid: int) -> Identity:
+    switch = entry.pw_uid != euid
+    groups = tuple(os.getgrouplist(entry.pw_name, entry.pw_gid)) if switch else ()
+    return Identity(entry.pw_name, entry.pw_uid, entry.pw_gid, groups, entry.pw_dir,
+                    entry.pw_shell or "/bin/sh", switch)
+
+
+def resolve_identity(as_user: str | None, as_root: bool, default_user: str | None,
+                     euid: int | None = None) -> Identity:
+    """Who runs the process. As root: `as_root`, else `as_user`, else the configured default
+    user, else root. Not as root: only the daemon's own user (anything else is a 403).
+    The admin scope for `as_user`/`as_root` is checked at the edge, before this."""
+    euid = os.geteuid() if euid is None else euid
+    if as_root and as_user is not None and as_user != "root":
+        raise _bad("as_user", "cannot be combined with as_root")
+    if as_root:
+        wanted: str | None = "root"
+    elif as_user is not None:
+        if not as_user or "\0" in as_user:
+            raise _bad("as_user", "is not a user name")
+        wanted = as_user
+    else:
+        wanted = default_user if euid == 0 else None
+    if wanted is None:
+        return identity_of(pwd.getpwuid(euid), euid)
+    try:
+        entry = pwd.getpwnam(wanted)
+    except KeyError:
+        if wanted == default_user and as_user is None and not as_root:
+            raise Unavailable(f"the configured default user {wanted!r} does not exist") from None
+        raise _bad("as_user", f"no such user: {wanted!r}") from None
+    if entry.pw_uid != euid and euid != 0:
+        raise Forbidden(f"the daemon does not run as root, so it cannot run processes as "
+                        f"{entry.pw_name!r}")
+    return identity_of(entry, euid)
+
+
+def build_env(identity: Identity, display: str, extra: Mapping[str, str],
+              tty: bool) -> dict[str, str]:
+    env = {
+        "PATH": DEFAULT_PATH,
+        "HOME": identity.home,
+        "USER": identity.name,
+        "LOGNAME": identity.name,
+        "SHELL": identity.shell,
+        "LANG": "C.UTF-8",
+        "DISPLAY": display,
+    }
+    if tty:
+        env["TERM"] = TERM
+    for key, value in extra.items():
+        if not key or "=" in key or "\0" in key:
+            raise _bad(f"env.{key}", "is not a valid variable name")
+        if "\0" in value:
+            raise _bad(f"env.{key}", "must not contain NUL characters")
+        env[key] = value
+    return env
+
+
+def resolve(cmd: Command, *, display: str, default_user: str | None, tty: bool) -> Launch:
+    """Check everything that can be checked before fork, so failures are clear 400s."""
+    if not cmd.command:
+        raise _bad("command", "must not be empty")
+    if "\0" in cmd.command:
+        raise _bad("command", "must not contain NUL characters")
+    for index, arg in enumerate(cmd.args):
+        if "\0" in arg:
+            raise _bad(f"args.{index}", "must not contain NUL characters")
+    if cmd.timeout_s is not None and cmd.timeout_s <= 0:
+        raise _bad("timeout_sec", "must be at least 1")
+    identity = resolve_identity(cmd.as_user, cmd.as_root, default_user)
+    env = build_env(identity, display, cmd.env, tty)
+    if cmd.cwd is not None:
+        if "\0" in cmd.cwd or not cmd.cwd.startswith("/"):
+            raise _bad("cwd", "must be an absolute path")
+        if not os.path.isdir(cmd.cwd):
+            raise _bad("cwd", f"no such directory: {cmd.cwd}")
+        cwd = cmd.cwd
+    else:
+        cwd = identity.home if os.path.isdir(identity.home) else "/"
+    return Launch([cmd.command, *cmd.args], cwd, env, identity)
+
+
+def start(
+    launch: Launch,
+    stdin: int,
+    stdout: int,
+    stderr: int,
+    preexec: Callable[[], None] | None = None,
+) -> subprocess.Popen[bytes]:
+    """Fork and exec in a new session; launch failures become 400s naming the field."""
+    ident = launch.identity
+    try:
+        return subprocess.Popen(
+            launch.argv,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            cwd=launch.cwd,
+            env=launch.env,
+            start_new_session=True,
+            close_fds=True,
+            user=ident.uid if ident.switch else None,
+            group=ident.gid if ident.switch else None,
+            extra_groups=list(ident.groups) if ident.switch else None,
+            preexec_fn=preexec,
+        )
+    except AgentError:
+        raise
+    except OSError as exc:
+        raise launch_error(launch, exc) from None
+    except (ValueError, subprocess.SubprocessError) as exc:
+        raise _bad("command", f"cannot be started: {exc}") from None
+
+
+def launch_error(launch: Launch, exc: OSError) -> AgentError:
+    command = launch.argv[0]
+    if exc.errno in (errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.ENFILE):
+        return Unavailable(f"cannot start {command!r} now: {exc.strerror}")
+    if exc.filename is not None and os.fsdecode(exc.filename) == launch.cwd:
+        return _bad("cwd", f"cannot enter {launch.cwd}: {exc.strerror}")
+    if isinstance(exc, FileNotFoundError):
+        hint = ""
+        if " " in command:
+            hint = " (commands run without a shell: use command 'sh' with args ['-c', ...])"
+        return _bad("command", f"no such command: {command!r}{hint}", "command_not_found")
+    if isinstance(exc, PermissionError):
+        return _bad("command", f"not executable by {launch.identity.name}: {command!r}")
+    return _bad("command", f"cannot run {command!r}: {exc.strerror or exc}")

@@ -1,0 +1,529 @@
+"""The process table: exec (run to completion, capped output), spawn (with pipes or a PTY,
+output in a replay buffer), stdin, signals, resize, status; retention of exited processes;
+a cap on live ones; and an orderly stop of every child when the daemon stops.
+
+A process's life never depends on an HTTP connection: the table owns it, its output pump
+and its reaping, and readers come and go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import errno
+import logging
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import psutil
+
+from agent.config import Settings
+from agent.errors import BadRequest, Conflict, NotFound, TooManyRequests, Unavailable, field_error
+from agent.processes import pty
+from agent.processes.child import SIGNALS, Child, ExitStatus, live_sessions, terminate_all
+from agent.processes.launch import Command, resolve, start
+from agent.processes.output import CappedBuffer, OutputBuffer, OutputPump
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TtySize:
+    rows: int = pty.DEFAULT_ROWS
+    cols: int = pty.DEFAULT_COLS
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    status: ExitStatus
+    stdout: bytes
+    stderr: bytes
+    stdout_truncated: bool
+    stderr_truncated: bool
+    duration_ms: int
+    timed_out: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "exit_code": self.status.exit_code,
+            "stdout_b64": base64.b64encode(self.stdout).decode(),
+            "stderr_b64": base64.b64encode(self.stderr).decode(),
+            "duration_ms": self.duration_ms,
+            "timed_out": self.timed_out,
+            "stdout_truncated": self.stdout_truncated,
+            "stderr_truncated": self.stderr_truncated,
+        }
+
+
+def _close_quietly(*fds: int) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _set_done(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def write_all(fd: int, data: bytes, timeout_s: float) -> int:
+    """Write to a non-blocking fd, waiting for room up to `timeout_s`; bytes written."""
+    loop = asyncio.get_running_loop()
+    view = memoryview(data)
+    written = 0
+    deadline = time.monotonic() + timeout_s
+    while written < len(view):
+        try:
+            written += os.write(fd, view[written:])
+            continue
+        except (BlockingIOError, InterruptedError):
+            pass
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        room: asyncio.Future[None] = loop.create_future()
+        loop.add_writer(fd, _set_done, room)
+        try:
+            await asyncio.wait_for(room, remaining)
+        except TimeoutError:
+            break
+        finally:
+            loop.remove_writer(fd)
+    return written
+
+
+def tree_usage(pid: int) -> tuple[float, int] | None:
+    """CPU seconds (reaped descendants included) and resident bytes of the process, its
+    descendants and the rest of its session; None once it is gone."""
+    try:
+        leader = psutil.Process(pid)
+        procs = {leader.pid: leader}
+        for child in leader.children(recursive=True):
+            procs[child.pid] = child
+    except psutil.Error:
+        return None
+    for member in live_sessions((pid,)).get(pid, []):
+        if member not in procs:
+            with contextlib.suppress(psutil.Error):
+                procs[member] = psutil.Process(member)
+    cpu = 0.0
+    mem = 0
+    for proc in procs.values():
+        try:
+            with proc.oneshot():
+                times = proc.cpu_times()
+                rss = proc.memory_info().rss
+        except psutil.Error:
+            continue
+        cpu += times.user + times.system + times.children_user + times.children_system
+        mem += rss
+    return cpu, mem
+
+
+class ManagedProcess:
+    """A spawned process: its child, output buffer and pump, stdin, and terminal."""
+
+    def __init__(
+        self,
+        child: Child,
+        out_fds: dict[str, int],
+        stdin_fd: int,
+        master_fd: int | None,
+        buffer_bytes: int,
+        stall_s: float,
+        stdin_timeout_s: float,
+    ) -> None:
+        self.id = str(uuid.uuid4())
+        self.child = child
+        self.started_at = datetime.now(UTC)
+        self.output = OutputBuffer(buffer_bytes)
+        self.output.on_progress = self._on_progress
+        self._stdin_fd: int | None = stdin_fd  # a pipe's write end, or the PTY master
+        self._master_fd = master_fd
+        self.tty = master_fd is not None
+        self._stdin_lock = asyncio.Lock()
+        self._stdin_timeout_s = stdin_timeout_s
+        self._stall_s = stall_s
+        self._stall_timer: asyncio.TimerHandle | None = None
+        self._cpu_mark = (child.started, 0.0)
+        self._pump = OutputPump(out_fds, self._sink)
+
+    @property
+    def pid(self) -> int:
+        return self.child.pid
+
+    @property
+    def exited(self) -> bool:
+        return self.child.status is not None
+
+    # --- output pacing ------------------------------------------------------------
+
+    def _sink(self, stream: str, data: bytes) -> None:
+        self.output.append(stream, data)
+        if self.output.must_pause():
+            self._pump.pause()
+            self._arm_stall_timer()
+
+    def _on_progress(self) -> None:
+        if self._pump.paused and self.output.may_resume():
+            self._resume()
+
+    def _resume(self) -> None:
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+        self._pump.resume()
+
+    def _arm_stall_timer(self) -> None:
+        if self._stall_timer is None:
+            loop = asyncio.get_running_loop()
+            self._stall_timer = loop.call_later(self._stall_s, self._stalled)
+
+    def _stalled(self) -> None:
+        self._stall_timer = None
+        if not self._pump.paused:
+            return
+        released = self.output.release_stalled(self._stall_s)
+        if released:
+            log.info("process %s: %d stalled readers no longer pace it", self.id, released)
+        if self.output.may_resume():
+            self._resume()
+        else:
+            self._arm_stall_timer()
+
+    # --- life -----------------------------------------------------------------------
+
+    async def run(self, linger_s: float) -> None:
+        """Wait for the exit, drain the output, then close the stream with the exit event."""
+        status = await self.child.wait()
+        try:
+            await self._pump.drained(self.child.exit_future, linger_s)
+        finally:
+            self._pump.close()
+            if self._stall_timer is not None:
+                self._stall_timer.cancel()
+                self._stall_timer = None
+            self.output.finish(status)
+            async with self._stdin_lock:
+                self._close_stdin()
+
+    def _close_stdin(self) -> None:
+        if self._stdin_fd is not None:
+            _close_quietly(self._stdin_fd)
+        self._stdin_fd = None
+        self._master_fd = None
+
+    def close(self) -> None:
+        """Release the fds at daemon shutdown (after the process was stopped)."""
+        self._pump.close()
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+        self._close_stdin()
+
+    def _exited_conflict(self) -> Conflict:
+        status = self.child.status
+        code = status.exit_code if status is not None else None
+        return Conflict(f"process {self.id} has exited (exit code {code})",
+                        code="process_exited")
+
+    # --- operations -----------------------------------------------------------------
+
+    async def write_stdin(self, data: bytes, eof: bool = False) -> int:
+        """Write `data`; with `eof`, then close a pipe or send the terminal's EOF character.
+        Waits for room up to the stdin timeout; fewer bytes written means it ran out."""
+        async with self._stdin_lock:
+            if self.exited:
+                raise self._exited_conflict()
+            fd = self._stdin_fd
+            if fd is None:
+                raise Conflict(f"stdin of process {self.id} is closed", code="stdin_closed")
+            try:
+                written = await write_all(fd, data, self._stdin_timeout_s)
+                if eof and written == len(data):
+                    if self._master_fd is not None:
+                        await write_all(fd, pty.eof_byte(fd), self._stdin_timeout_s)
+                    else:
+                        self._close_stdin()
+            except OSError as exc:
+                if exc.errno in (errno.EPIPE, errno.EIO):
+                    raise Conflict(f"process {self.id} no longer reads its stdin",
+                                   code="stdin_closed") from None
+                raise
+            return written
+
+    def send_signal(self, name: str) -> None:
+        """Signal the process group; on a terminal also its foreground job, as ^C would."""
+        if self.exited:
+            raise self._exited_conflict()
+        sig = SIGNALS[name]
+        # Ask the terminal first: once the leader is gone it has no foreground group, and
+        # tcgetpgrp answers 0, which killpg would take as the daemon's own group.
+        group = pty.foreground_group(self._master_fd) if self._master_fd is not None else None
+        self.child.signal_group(sig)
+        if group is not None and group > 1 and group not in (self.child.pid, os.getpgrp()):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(group, sig)
+
+    def resize(self, rows: int, cols: int) -> None:
+        if not self.tty:
+            raise Conflict(f"process {self.id} has no terminal to resize (spawn it with "
+                           "allocate_tty)", code="not_a_terminal")
+        if self.exited or self._master_fd is None:
+            raise self._exited_conflict()
+        pty.set_size(self._master_fd, rows, cols)
+
+    async def usage(self) -> tuple[float, int]:
+        """(cpu_pct, mem_bytes) of the process and its descendants: CPU over the time since
+        the previous sample (at least a second, else since the one before)."""
+        if self.exited:
+            return 0.0, 0
+        sample = await asyncio.to_thread(tree_usage, self.child.pid)
+        now = time.monotonic()
+        if sample is None:
+            return 0.0, 0
+        cpu, mem = sample
+        then, cpu_then = self._cpu_mark
+        pct = max(0.0, (cpu - cpu_then) / max(now - then, 1e-3) * 100.0)
+        if now - then >= 1.0:
+            self._cpu_mark = (now, cpu)
+        return round(pct, 1), mem
+
+    def status_json(self, cpu_pct: float, mem_bytes: int) -> dict[str, Any]:
+        status = self.child.status
+        return {
+            "state": "running" if status is None else "exited",
+            "exit_code": None if status is None else status.exit_code,
+            "cpu_pct": cpu_pct,
+            "mem_bytes": mem_bytes,
+        }
+
+
+class ProcessManager:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        stall_s: float = 30.0,
+        linger_s: float = 0.5,
+        stdin_timeout_s: float = 10.0,
+    ) -> None:
+        self._settings = settings
+        self._stall_s = stall_s
+        self._linger_s = linger_s
+        self._stdin_timeout_s = stdin_timeout_s
+        self._procs: dict[str, ManagedProcess] = {}
+        self._execs: set[Child] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        # Exited processes in the order they exited; beyond as many as may run at once the
+        # oldest are forgotten early, so output kept for replay is bounded by
+        # 2 × max_processes × process_buffer_bytes however many processes come and go.
+        self._retained: dict[str, None] = {}
+        self._retained_limit = max(settings.max_processes, 1)
+        self._closing = False
+        self._stopping: asyncio.Task[None] | None = None
+
+    # --- table ----------------------------------------------------------------------
+
+    def live_count(self) -> int:
+        return sum(not p.exited for p in self._procs.values()) + len(self._execs)
+
+    def _admit(self) -> None:
+        if self._closing:
+            raise Unavailable("the daemon is shutting down", code="shutting_down")
+        limit = self._settings.max_processes
+        if self.live_count() >= limit:
+            raise TooManyRequests(
+                f"{limit} processes are already running (the configured maximum); wait for "
+                "one to exit or kill one", code="too_many_processes",
+                headers={"Retry-After": "1"},
+            )
+
+    def get(self, process_id: str) -> ManagedProcess:
+        try:
+            key = str(uuid.UUID(process_id))
+        except ValueError:
+            raise BadRequest(f"process_id must be a UUID, got {process_id!r}",
+                             details=[field_error("process_id", "must be a UUID")]) from None
+        proc = self._procs.get(key)
+        if proc is None:
+            raise NotFound(f"no such process: {key} (never spawned, or forgotten after exit)")
+        return proc
+
+    def _track(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _retire(self, proc: ManagedProcess) -> None:
+        timer = self._timers.pop(proc.id, None)
+        if timer is not None:
+            timer.cancel()
+        if self._closing:
+            return
+        loop = asyncio.get_running_loop()
+        self._timers[proc.id] = loop.call_later(
+            self._settings.process_retention_s, self._forget, proc.id)
+        self._retained[proc.id] = None
+        while len(self._retained) > self._retained_limit:
+            self._forget(next(iter(self._retained)))
+
+    def _forget(self, process_id: str) -> None:
+        timer = self._timers.pop(process_id, None)
+        if timer is not None:
+            timer.cancel()
+        self._retained.pop(process_id, None)
+        proc = self._procs.pop(process_id, None)
+        if proc is not None:
+            proc.close()
+
+    # --- exec -----------------------------------------------------------------------
+
+    async def exec(self, cmd: Command) -> ExecResult:
+        self._admit()
+        settings = self._settings
+        launch = resolve(cmd, display=settings.display, default_user=settings.default_user,
+                         tty=False)
+        began = time.monotonic()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        try:
+            popen = start(launch, subprocess.DEVNULL, out_w, err_w)
+        except BaseException:
+            _close_quietly(out_r, err_r)
+            raise
+        finally:
+            _close_quietly(out_w, err_w)
+        child = Child(popen)
+        self._execs.add(child)
+        stdout = CappedBuffer(settings.exec_output_cap)
+        stderr = CappedBuffer(settings.exec_output_cap)
+        sinks: dict[str, Callable[[bytes], None]] = {"stdout": stdout.add, "stderr": stderr.add}
+        pump = OutputPump({"stdout": out_r, "stderr": err_r}, lambda s, d: sinks[s](d))
+        timed_out = False
+        try:
+            try:
+                await asyncio.wait_for(self._run_exec(child, pump), cmd.timeout_s)
+            except TimeoutError:
+                timed_out = True
+                await terminate_all([child], settings.kill_grace_s)
+                await pump.drained(child.exit_future, self._linger_s)
+        except BaseException:  # cancelled: nobody waits for the answer any more
+            child.signal_session(signal.SIGKILL)
+            raise
+        finally:
+            pump.close()
+            self._execs.discard(child)
+        return ExecResult(
+            status=child.status or ExitStatus(128 + signal.SIGKILL, "KILL"),
+            stdout=stdout.value(),
+            stderr=stderr.value(),
+            stdout_truncated=stdout.truncated,
+            stderr_truncated=stderr.truncated,
+            duration_ms=round((time.monotonic() - began) * 1000),
+            timed_out=timed_out,
+        )
+
+    async def _run_exec(self, child: Child, pump: OutputPump) -> None:
+        await child.wait()
+        await pump.drained(child.exit_future, self._linger_s)
+
+    # --- spawn ----------------------------------------------------------------------
+
+    def spawn(self, cmd: Command, tty: TtySize | None = None) -> ManagedProcess:
+        self._admit()
+        settings = self._settings
+        launch = resolve(cmd, display=settings.display, default_user=settings.default_user,
+                         tty=tty is not None)
+        master_fd: int | None = None
+        if tty is not None:
+            owner = launch.identity.uid if launch.identity.switch else None
+            master, slave = pty.open_pty(tty.rows, tty.cols, owner)
+            try:
+                popen = start(launch, slave, slave, slave, pty.take_controlling_terminal)
+                reader = os.dup(master)
+            except BaseException:
+                _close_quietly(master)
+                raise
+            finally:
+                _close_quietly(slave)
+            out_fds = {"stdout": reader}
+            stdin_fd = master_fd = master
+        else:
+            in_r, in_w = os.pipe()
+            out_r, out_w = os.pipe()
+            err_r, err_w = os.pipe()
+            try:
+                popen = start(launch, in_r, out_w, err_w)
+            except BaseException:
+                _close_quietly(in_w, out_r, err_r)
+                raise
+            finally:
+                _close_quietly(in_r, out_w, err_w)
+            out_fds = {"stdout": out_r, "stderr": err_r}
+            stdin_fd = in_w
+        os.set_blocking(stdin_fd, False)
+        proc = ManagedProcess(Child(popen), out_fds, stdin_fd, master_fd,
+                              settings.process_buffer_bytes, self._stall_s,
+                              self._stdin_timeout_s)
+        self._procs[proc.id] = proc
+        self._track(self._supervise(proc))
+        if cmd.timeout_s is not None:
+            loop = asyncio.get_running_loop()
+            self._timers[proc.id] = loop.call_later(cmd.timeout_s, self._time_out, proc)
+        log.info("spawned %s pid %d: %s", proc.id, proc.pid, launch.argv[0])
+        return proc
+
+    async def _supervise(self, proc: ManagedProcess) -> None:
+        try:
+            await proc.run(self._linger_s)
+        finally:
+            self._retire(proc)
+
+    def _time_out(self, proc: ManagedProcess) -> None:
+        self._timers.pop(proc.id, None)
+        if not proc.exited:
+            log.info("process %s timed out; stopping it", proc.id)
+            self._track(terminate_all([proc.child], self._settings.kill_grace_s))
+
+    # --- shutdown -------------------------------------------------------------------
+
+    def begin_shutdown(self) -> None:
+        """Refuse new processes and start stopping every child (TERM, then KILL)."""
+        self._closing = True
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._stop_all())
+
+    async def _stop_all(self) -> None:
+        children = [p.child for p in self._procs.values()] + list(self._execs)
+        alive = live_sessions({c.pid for c in children})
+        doomed = [c for c in children if c.status is None or c.pid in alive]
+        if doomed:
+            log.info("stopping %d processes", len(doomed))
+        await terminate_all(doomed, self._settings.kill_grace_s)
+
+    async def close(self) -> None:
+        self.begin_shutdown()
+        assert self._stopping is not None
+        await self._stopping
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=self._linger_s + 1)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        for proc in self._procs.values():
+            proc.close()
+            proc.child.abandon()
+        for child in self._execs:
+            child.abandon()

@@ -1,0 +1,196 @@
+"""Helpers for the process tests: run/spawn through the HTTP API, read SSE output streams,
+and a real unprivileged user."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import pwd
+import subprocess
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import ClientResponse
+from aiohttp.test_utils import TestClient
+
+TEST_USER = "agent-proc-test"
+
+Client = TestClient[Any, Any]
+
+
+def b64(data: bytes | str) -> str:
+    return base64.b64encode(data.encode() if isinstance(data, str) else data).decode()
+
+
+def ensure_user(name: str = TEST_USER) -> pwd.struct_passwd:
+    """A real unprivileged account with a home directory (created once, kept)."""
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", name], check=True)
+        return pwd.getpwnam(name)
+
+
+async def exec_ok(client: Client, **body: Any) -> dict[str, Any]:
+    resp = await client.post("/process/exec", json=body)
+    payload = await resp.json()
+    assert resp.status == 200, payload
+    return dict(payload)
+
+
+async def spawn(client: Client, **body: Any) -> str:
+    resp = await client.post("/process/spawn", json=body)
+    payload = await resp.json()
+    assert resp.status == 200, payload
+    return str(payload["process_id"])
+
+
+async def status(client: Client, process_id: str) -> dict[str, Any]:
+    resp = await client.get(f"/process/{process_id}/status")
+    payload = await resp.json()
+    assert resp.status == 200, payload
+    return dict(payload)
+
+
+async def wait_exited(client: Client, process_id: str, timeout: float = 20) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        state = await status(client, process_id)
+        if state["state"] == "exited":
+            return state
+        if time.monotonic() > deadline:
+            raise AssertionError(f"process {process_id} still running after {timeout}s")
+        await asyncio.sleep(0.02)
+
+
+async def write_stdin(client: Client, process_id: str, data: bytes | str,
+                      eof: bool = False) -> int:
+    body: dict[str, Any] = {"data_b64": b64(data)}
+    if eof:
+        body["eof"] = True
+    resp = await client.post(f"/process/{process_id}/stdin", json=body)
+    payload = await resp.json()
+    assert resp.status == 200, payload
+    return int(payload["written_bytes"])
+
+
+@dataclass
+class Event:
+    id: int | None
+    data: dict[str, Any]
+
+    @property
+    def bytes(self) -> bytes:
+        return base64.b64decode(self.data.get("data_b64", ""))
+
+
+@dataclass
+class SSE:
+    """An open output stream, read incrementally."""
+
+    resp: ClientResponse
+    events: list[Event] = field(default_factory=list)
+    ended: bool = False
+    _buf: bytes = b""
+
+    async def next(self, timeout: float = 20) -> Event | None:
+        while True:
+            frame, sep, rest = self._buf.partition(b"\n\n")
+            if sep:
+                self._buf = rest
+                event = _parse_frame(frame)
+                if event is None:
+                    continue
+                self.events.append(event)
+                return event
+            chunk = await asyncio.wait_for(self.resp.content.readany(), timeout)
+            if not chunk:
+                self.ended = True
+                return None
+            self._buf += chunk
+
+    async def until(self, wanted: bytes | str, stream: str = "stdout",
+                    timeout: float = 20) -> bytes:
+        """Read until the stream's output so far contains `wanted`; that output."""
+        needle = wanted.encode() if isinstance(wanted, str) else wanted
+        deadline = time.monotonic() + timeout
+        while needle not in self.output(stream):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or await self.next(remaining) is None:
+                raise AssertionError(f"{needle!r} never came; got {self.output(stream)!r}")
+        return self.output(stream)
+
+    async def rest(self, timeout: float = 30) -> list[Event]:
+        deadline = time.monotonic() + timeout
+        while await self.next(max(deadline - time.monotonic(), 0.01)) is not None:
+            pass
+        return self.events
+
+    def output(self, stream: str = "stdout") -> bytes:
+        return b"".join(e.bytes for e in self.events if e.data.get("stream") == stream)
+
+    def exit_code(self) -> int | None:
+        for event in self.events:
+            if event.data.get("event") == "exit":
+                return int(event.data["exit_code"])
+        return None
+
+    def close(self) -> None:
+        self.resp.close()
+
+
+def _parse_frame(frame: bytes) -> Event | None:
+    event_id: int | None = None
+    data: list[str] = []
+    for line in frame.decode().split("\n"):
+        if line.startswith("id: "):
+            event_id = int(line[4:])
+        elif line.startswith("data: "):
+            data.append(line[6:])
+    if not data:
+        return None  # a keepalive comment
+    return Event(event_id, json.loads("\n".join(data)))
+
+
+async def open_stream(client: Client, process_id: str,
+                      headers: dict[str, str] | None = None, query: str = "") -> SSE:
+    resp = await client.get(f"/process/{process_id}/stdout/stream{query}", headers=headers)
+    assert resp.status == 200, await resp.text()
+    assert resp.headers["Content-Type"].startswith("text/event-stream")
+    return SSE(resp)
+
+
+async def read_all(client: Client, process_id: str, **kwargs: Any) -> SSE:
+    sse = await open_stream(client, process_id, **kwargs)
+    await sse.rest()
+    return sse
+
+
+def pid_alive(pid: int) -> bool:
+    """Running and not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat_file:
+            stat = stat_file.read()
+    except OSError:
+        return False
+    return stat[stat.rfind(b")") + 2:].split()[0] != b"Z"
+
+
+def processes_with_env(marker: str) -> list[int]:
+    """Live processes whose environment holds `marker` (spawned by a test, any depth)."""
+    found = []
+    needle = marker.encode()
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as env_file:
+                environ = env_file.read()
+        except OSError:
+            continue
+        if needle in environ and pid_alive(int(name)):
+            found.append(int(name))
+    return found

@@ -1,0 +1,131 @@
+"""Who a process runs as, its environment, pre-fork checks, and launch failures as 400s."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from agent.errors import BadRequest, Forbidden, Unavailable
+from agent.processes.launch import (
+    DEFAULT_PATH,
+    Command,
+    Launch,
+    build_env,
+    resolve,
+    resolve_identity,
+    start,
+)
+
+ROOT = pwd.getpwuid(0)
+
+
+def nobody() -> pwd.struct_passwd:
+    return pwd.getpwnam("nobody")
+
+
+def test_root_daemon_identities() -> None:
+    assert resolve_identity(None, False, None, euid=0).switch is False
+    assert resolve_identity(None, True, None, euid=0).uid == 0
+    ident = resolve_identity("nobody", False, None, euid=0)
+    assert (ident.name, ident.uid, ident.switch) == ("nobody", nobody().pw_uid, True)
+    assert nobody().pw_gid in ident.groups
+    # The default user applies when nothing is asked; as_root and as_user override it.
+    assert resolve_identity(None, False, "nobody", euid=0).uid == nobody().pw_uid
+    assert resolve_identity(None, True, "nobody", euid=0).uid == 0
+    assert resolve_identity("root", False, "nobody", euid=0).uid == 0
+
+
+def test_identity_errors() -> None:
+    with pytest.raises(BadRequest) as info:
+        resolve_identity("no-such-user-xyz", False, None, euid=0)
+    assert info.value.details and info.value.details[0]["field"] == "as_user"
+    with pytest.raises(BadRequest):
+        resolve_identity("nobody", True, None, euid=0)
+    with pytest.raises(BadRequest):
+        resolve_identity("", False, None, euid=0)
+    with pytest.raises(Unavailable):
+        resolve_identity(None, False, "no-such-user-xyz", euid=0)
+
+
+def test_unprivileged_daemon_runs_only_as_itself() -> None:
+    me = nobody()
+    own = resolve_identity(None, False, "root", euid=me.pw_uid)  # default user ignored
+    assert (own.uid, own.switch) == (me.pw_uid, False)
+    assert resolve_identity("nobody", False, None, euid=me.pw_uid).switch is False
+    with pytest.raises(Forbidden):
+        resolve_identity(None, True, None, euid=me.pw_uid)
+    with pytest.raises(Forbidden):
+        resolve_identity("root", False, None, euid=me.pw_uid)
+    with pytest.raises(BadRequest):  # unknown is a 400 before the 403
+        resolve_identity("no-such-user-xyz", False, None, euid=me.pw_uid)
+
+
+def test_environment() -> None:
+    ident = resolve_identity(None, False, None, euid=0)
+    env = build_env(ident, ":7", {"EXTRA": "1", "HOME": "/elsewhere"}, tty=False)
+    assert env["PATH"] == DEFAULT_PATH and env["DISPLAY"] == ":7"
+    assert env["USER"] == env["LOGNAME"] == ident.name
+    assert env["HOME"] == "/elsewhere" and env["EXTRA"] == "1"
+    assert "TERM" not in env
+    assert build_env(ident, ":7", {}, tty=True)["TERM"] == "xterm-256color"
+    assert set(env) == {"PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "DISPLAY", "EXTRA"}
+    for bad in ({"A=B": "x"}, {"": "x"}, {"A": "x\0y"}):
+        with pytest.raises(BadRequest):
+            build_env(ident, ":7", bad, tty=False)
+
+
+def test_resolve_checks_before_fork(tmp_path: Path) -> None:
+    def run(**fields: object) -> None:
+        resolve(Command(**fields), display=":0", default_user=None, tty=False)  # type: ignore[arg-type]
+
+    for fields, field in (
+        ({"command": ""}, "command"),
+        ({"command": "a\0b"}, "command"),
+        ({"command": "echo", "args": ["ok", "b\0"]}, "args.1"),
+        ({"command": "true", "cwd": str(tmp_path / "nope")}, "cwd"),
+        ({"command": "true", "cwd": "rel"}, "cwd"),
+        ({"command": "true", "timeout_s": 0}, "timeout_sec"),
+    ):
+        with pytest.raises(BadRequest) as info:
+            run(**fields)
+        assert info.value.details and info.value.details[0]["field"] == field
+    launch = resolve(Command("ls", ["-l"], cwd=str(tmp_path)), display=":0",
+                     default_user=None, tty=False)
+    assert launch.argv == ["ls", "-l"] and launch.cwd == str(tmp_path)
+
+
+def _launch(command: str, cwd: str = "/") -> Launch:
+    return resolve(Command(command, cwd=cwd), display=":0", default_user=None, tty=False)
+
+
+def test_start_failures_name_the_field(tmp_path: Path) -> None:
+    script = tmp_path / "not-executable"
+    script.write_text("#!/bin/sh\n")
+    cases = (
+        ("no-such-command-xyz", "command_not_found"),
+        (str(tmp_path / "missing"), "command_not_found"),
+        (str(script), "bad_request"),
+        (str(tmp_path), "bad_request"),
+    )
+    for command, code in cases:
+        launch = _launch(command)
+        with pytest.raises(BadRequest) as info:
+            start(launch, subprocess.DEVNULL, subprocess.DEVNULL, subprocess.DEVNULL)
+        assert info.value.code == code, command
+        assert info.value.details and info.value.details[0]["field"] == "command"
+
+
+def test_start_runs_in_a_new_session() -> None:
+    launch = _launch("sleep")
+    launch.argv.append("5")
+    popen = start(launch, subprocess.DEVNULL, subprocess.DEVNULL, subprocess.DEVNULL)
+    try:
+        assert os.getsid(popen.pid) == popen.pid
+        assert os.getpgid(popen.pid) == popen.pid
+    finally:
+        popen.kill()
+        popen.wait()
