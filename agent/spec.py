@@ -17,13 +17,25 @@ from typing import Any, cast
 
 import yaml
 from aiohttp import web
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import ValidationError
 
 from agent.appkeys import SETTINGS
 from agent.errors import BadRequest, PayloadTooLarge, field_error
 
 ALIAS_PREFIX = "/browsers/{browser_id}"
+
+
+def _is_integer(checker: Any, instance: Any) -> bool:
+    """JSON Schema counts 3.0 as an integer; the handlers need a real int, so only
+    integer literals are integers here."""
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+StrictValidator = validators.extend(  # type: ignore[no-untyped-call]
+    Draft202012Validator,
+    type_checker=Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_integer),
+)
 HTTP_METHODS = ("get", "put", "post", "delete", "patch", "head", "options")
 
 
@@ -96,14 +108,14 @@ def _resolve(schema: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 @functools.cache
-def _validator_for(op_key: tuple[str, str], kind: str, name: str = "") -> Draft202012Validator:
+def _validator_for(op_key: tuple[str, str], kind: str, name: str = "") -> Any:
     op = operations()[op_key].raw
     if kind == "body":
         schema = op["requestBody"]["content"]["application/json"]["schema"]
     else:
         schema = next(p["schema"] for p in op.get("parameters", []) if p.get("name") == name)
     root = {**copy.deepcopy(dict(schema)), "components": spec_document().get("components", {})}
-    return Draft202012Validator(root)
+    return StrictValidator(root)
 
 
 def _error_details(errors: Iterator[ValidationError], prefix: str = "") -> list[dict[str, Any]]:
