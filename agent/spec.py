@@ -17,7 +17,7 @@ from typing import Any, cast
 
 import yaml
 from aiohttp import web
-from jsonschema import Draft202012Validator, validators
+from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
 from agent.appkeys import SETTINGS
@@ -26,16 +26,10 @@ from agent.errors import BadRequest, PayloadTooLarge, field_error
 ALIAS_PREFIX = "/browsers/{browser_id}"
 
 
-def _is_integer(checker: Any, instance: Any) -> bool:
-    """JSON Schema counts 3.0 as an integer; the handlers need a real int, so only
-    integer literals are integers here."""
-    return isinstance(instance, int) and not isinstance(instance, bool)
-
-
-StrictValidator = validators.extend(  # type: ignore[no-untyped-call]
-    Draft202012Validator,
-    type_checker=Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_integer),
-)
+def _parse_float(text: str) -> float | int:
+    """JSON Schema counts 3.0 as an integer, so the handlers get it as the int 3."""
+    value = float(text)
+    return int(value) if value.is_integer() else value
 HTTP_METHODS = ("get", "put", "post", "delete", "patch", "head", "options")
 
 
@@ -115,7 +109,7 @@ def _validator_for(op_key: tuple[str, str], kind: str, name: str = "") -> Any:
     else:
         schema = next(p["schema"] for p in op.get("parameters", []) if p.get("name") == name)
     root = {**copy.deepcopy(dict(schema)), "components": spec_document().get("components", {})}
-    return StrictValidator(root)
+    return Draft202012Validator(root)
 
 
 def _error_details(errors: Iterator[ValidationError], prefix: str = "") -> list[dict[str, Any]]:
@@ -178,7 +172,7 @@ async def request_json(request: web.Request) -> dict[str, Any]:
                              details=[field_error("body", "is required", "missing_field")])
         return validate_body(op, {})
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_float=_parse_float)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"malformed JSON body: {exc}") from None
     return validate_body(op, body)
