@@ -3,8 +3,9 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+NODE_DIR := tests/node
 
-.PHONY: all setup system venv run test lint unit integration image-test bench image clean
+.PHONY: all setup system venv node-deps run test lint unit integration image-test bench image clean
 
 all: test
 
@@ -21,6 +22,13 @@ $(BIN)/browser-agent: pyproject.toml
 
 venv: $(BIN)/browser-agent
 
+# puppeteer-core for the DevTools endpoint test (no browser download)
+node-deps: $(NODE_DIR)/node_modules/.package-lock.json
+
+$(NODE_DIR)/node_modules/.package-lock.json: $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
+	npm ci --prefix $(NODE_DIR) --no-audit --no-fund
+	touch $@
+
 run: setup
 	bash supervisor/run-local.sh
 
@@ -32,13 +40,13 @@ lint: venv
 unit: venv
 	$(BIN)/pytest tests/unit
 
-integration: setup
+integration: setup node-deps
 	$(BIN)/pytest tests/integration
 
 image-test: setup
 	$(BIN)/pytest -m image -s tests/image
 
-test: setup lint
+test: setup node-deps lint
 	$(BIN)/pytest tests/unit tests/integration
 	$(BIN)/pytest -m image -s tests/image
 
@@ -52,4 +60,4 @@ image: setup
 	bash images/build.sh
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(NODE_DIR)/node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -15,6 +15,11 @@ packages=(
   podman runc debootstrap systemd
 )
 
+# Node for the Puppeteer test (tests/node): Debian's nodejs 18 + npm 9; a NodeSource
+# nodejs already bundles npm (and conflicts with Debian's npm package).
+packages+=(nodejs)
+command -v npm >/dev/null || packages+=(npm)
+
 missing=()
 for pkg in "${packages[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then

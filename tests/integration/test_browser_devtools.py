@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +25,8 @@ from agent.browser.routes import CDP
 
 Api = TestClient[Any, Any]
 ADMIN_BEARER = {"Authorization": "Bearer test-admin"}
+# The Node side of the tests (`make node-deps` installs its packages).
+NODE_DIR = Path(__file__).resolve().parents[1] / "node"
 
 
 @pytest.fixture(scope="module")
@@ -154,6 +159,74 @@ async def test_playwright_connects_over_cdp_through_the_endpoint(api: Api) -> No
             assert await page.evaluate("1 + 2") == 3
         finally:
             await browser.close()
+
+
+async def run_puppeteer(options: dict[str, Any], title: str) -> dict[str, Any]:
+    """tests/node/puppeteer_connect.mjs under node: `puppeteer.connect(options)`, a new page
+    titled `title` left open; its JSON report."""
+    node = shutil.which("node")
+    assert node, "node is not installed (make system)"
+    assert (NODE_DIR / "node_modules" / "puppeteer-core").is_dir(), \
+        "puppeteer-core is not installed (make node-deps)"
+    proc = await asyncio.create_subprocess_exec(
+        node, str(NODE_DIR / "puppeteer_connect.mjs"), json.dumps(options), title,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    lines = out.decode().splitlines()
+    assert lines, f"node exited {proc.returncode} without a report: {err.decode()}"
+    report: dict[str, Any] = json.loads(lines[-1])
+    assert report["ok"] is (proc.returncode == 0), (proc.returncode, report, err.decode())
+    return report
+
+
+async def test_puppeteer_connects_through_the_endpoint(
+        api: Api, supervised: SupervisedChromium) -> None:
+    base = f"http://{endpoint(api)}"
+    status, with_query = await get(f"{base}/json/version?token=test-write")
+    assert status == 200, with_query
+    status, with_header = await get(f"{base}/json/version", ADMIN_BEARER)
+    assert status == 200, with_header
+    bare_url = with_header["webSocketDebuggerUrl"]  # no token in it
+    marker = uuid.uuid4().hex
+    direct = supervised.version()
+    assert direct is not None
+
+    async def pages_titled() -> dict[str, str]:
+        _, targets = await asyncio.to_thread(http_get, f"http://{supervised.address}/json/list")
+        return {t["title"]: t["id"] for t in targets
+                if t["type"] == "page" and marker in t["title"]}
+
+    async def both_pages() -> dict[str, str] | None:
+        titles = await pages_titled()
+        return titles if {f"query {marker}", f"header {marker}"} <= titles.keys() else None
+
+    try:
+        by_query, by_header, refused = await asyncio.gather(
+            run_puppeteer({"browserWSEndpoint": with_query["webSocketDebuggerUrl"]},
+                          f"query {marker}"),
+            run_puppeteer({"browserWSEndpoint": bare_url,
+                           "headers": {"Authorization": "Bearer test-write"}},
+                          f"header {marker}"),
+            run_puppeteer({"browserWSEndpoint": bare_url}, f"refused {marker}"))
+        for report, how in ((by_query, "query"), (by_header, "header")):
+            assert report["ok"], report
+            assert report["title"] == f"{how} {marker}"
+            assert report["userAgent"] == with_query["User-Agent"]
+            assert report["version"] == direct["Browser"]
+        assert not refused["ok"] and "401" in refused["error"], refused
+        # Chromium itself has the two pages Puppeteer made, and no third.
+        titles = await async_wait_until(both_pages, timeout=10,
+                                        what="Puppeteer's pages in Chromium")
+        assert f"refused {marker}" not in titles
+    finally:
+        for target_id in (await pages_titled()).values():
+            await cdp_call(direct["webSocketDebuggerUrl"], "Target.closeTarget",
+                           {"targetId": target_id})
 
 
 async def test_port_zero_turns_the_endpoint_off(
