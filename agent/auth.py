@@ -33,6 +33,9 @@ def bearer_token(request: web.Request) -> str | None:
     kind, _, value = header.partition(" ")
     if kind.lower() == "bearer" and value.strip():
         return value.strip()
+    # Browsers cannot set headers on a WebSocket: there, `?token=` stands in.
+    if request.headers.get("Upgrade", "").lower() == "websocket":
+        return request.query.get("token") or None
     return None
 
 

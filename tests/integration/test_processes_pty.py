@@ -229,6 +229,27 @@ async def test_websocket_attach(make_client: MakeClient) -> None:
     assert (await status(client, process_id))["exit_code"] == 5
 
 
+async def test_websocket_attach_takes_the_token_in_the_query(make_client: MakeClient) -> None:
+    """Browsers cannot set headers on a WebSocket: `?token=` stands in, there only."""
+    client = await make_client()
+    process_id = await spawn(client, command="sh", args=["-c", "echo hi-from-query"])
+    no_auth = {"Authorization": ""}
+    async with client.ws_connect(f"/process/{process_id}/attach?token=test-write",
+                                 headers=no_auth) as ws:
+        seen = bytearray()
+        await _receive_until(ws, b"hi-from-query", seen, [])
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await client.ws_connect(f"/process/{process_id}/attach?token=wrong", headers=no_auth)
+    assert refused.value.status == 401
+    with pytest.raises(aiohttp.WSServerHandshakeError) as read_only:
+        await client.ws_connect(f"/process/{process_id}/attach?token=test-read",
+                                headers=no_auth)
+    assert read_only.value.status == 403
+    # a plain request does not take the token from the query
+    resp = await client.get(f"/process/{process_id}/status?token=test-read", headers=no_auth)
+    assert resp.status == 401
+
+
 async def test_websocket_attach_late_gets_history_and_exit(make_client: MakeClient) -> None:
     client = await make_client()
     process_id = await spawn(client, command="sh", args=["-c", "echo history; exit 2"])
