@@ -125,6 +125,20 @@ class Xvfb:
         self.proc = None
 
 
+async def cdp_call(ws_url: str, method: str, params: dict[str, Any] | None = None,
+                   headers: dict[str, str] | None = None) -> dict[str, Any]:
+    """One DevTools command over a fresh WebSocket; returns its result."""
+    async with websockets.connect(ws_url, max_size=None,
+                                  additional_headers=headers or {}) as ws:
+        await ws.send(json.dumps({"id": 1, "method": method, "params": params or {}}))
+        while True:
+            message = json.loads(await ws.recv())
+            if message.get("id") == 1:
+                if "error" in message:
+                    raise RuntimeError(f"CDP {method} failed: {message['error']}")
+                return dict(message.get("result", {}))
+
+
 @dataclass
 class Chromium:
     display: str
@@ -192,14 +206,7 @@ class Chromium:
                   ws_url: str | None = None) -> dict[str, Any]:
         """One DevTools command on the page target (or `ws_url`); returns its result."""
         url = ws_url or await asyncio.to_thread(self._page_target)
-        async with websockets.connect(url, max_size=None) as ws:
-            await ws.send(json.dumps({"id": 1, "method": method, "params": params or {}}))
-            while True:
-                message = json.loads(await ws.recv())
-                if message.get("id") == 1:
-                    if "error" in message:
-                        raise RuntimeError(f"CDP {method} failed: {message['error']}")
-                    return dict(message.get("result", {}))
+        return await cdp_call(url, method, params)
 
     async def evaluate(self, expression: str) -> Any:
         """The value of a JS expression in the page (promises awaited)."""

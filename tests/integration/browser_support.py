@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import pwd
 from collections.abc import AsyncIterator, Iterator
@@ -14,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import mss
-import websockets
 from aiohttp import web
 from helpers import Chromium, Supervisord, free_port, running_supervisord, wait_until
 
@@ -203,15 +201,3 @@ def supervised_chromium(display: str) -> Iterator[SupervisedChromium]:
         yield browser
 
 
-async def cdp_call(ws_url: str, method: str, params: dict[str, Any] | None = None,
-                   headers: dict[str, str] | None = None) -> dict[str, Any]:
-    """One DevTools command over a fresh WebSocket (e.g. through the daemon's endpoint)."""
-    async with websockets.connect(ws_url, max_size=None,
-                                  additional_headers=headers or {}) as ws:
-        await ws.send(json.dumps({"id": 1, "method": method, "params": params or {}}))
-        while True:
-            message = json.loads(await ws.recv())
-            if message.get("id") == 1:
-                if "error" in message:
-                    raise RuntimeError(f"CDP {method} failed: {message['error']}")
-                return dict(message.get("result", {}))
