@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from browser_support import SupervisedChromium, cdp_call, supervised_chromium
+from browser_support import SupervisedChromium, supervised_chromium
 from conftest import MakeClient
-from helpers import async_wait_until, free_port, running_xvfb
+from helpers import async_wait_until, cdp_call, free_port, running_xvfb
 from websockets.exceptions import InvalidStatus
 
 from agent.appkeys import SETTINGS

@@ -18,13 +18,12 @@ from aiohttp.test_utils import TestClient
 from browser_support import (
     Recorder,
     SupervisedChromium,
-    cdp_call,
     origin_app,
     serving,
     supervised_chromium,
 )
 from conftest import WRITE, MakeClient
-from helpers import async_wait_until, running_xvfb
+from helpers import async_wait_until, cdp_call, running_xvfb
 from kernel import AsyncKernel
 
 from agent.browser.routes import CDP
