@@ -122,6 +122,10 @@ OPTIONS: tuple[Option, ...] = (
            "bytes of output a spawned process keeps for replay (default 8 MiB)"),
     Option("kill_grace_s", "AGENT_KILL_GRACE", "--kill-grace", _float,
            "seconds between TERM and KILL when stopping processes (default 5)"),
+    Option("adopt_orphans", "AGENT_ADOPT_ORPHANS", "--adopt-orphans", _bool,
+           "adopt descendants that leave their session (setsid) as a child subreaper, reap "
+           "them and stop them on shutdown; only for a process whose children all come "
+           "from the daemon (default true)"),
     # logs and supervisord
     Option("supervisor_socket", "AGENT_SUPERVISOR_SOCKET", "--supervisor-socket", _str,
            "supervisord's XML-RPC unix socket (default /run/browser-agent/supervisor.sock)"),
@@ -166,6 +170,7 @@ class Settings:
     extensions_dir: str = ""
     chromium_program: str = "chromium"
     tokens: Mapping[str, str] = field(default_factory=dict)
+    adopt_orphans: bool = True
 
     @property
     def listen_host(self) -> str:

@@ -51,6 +51,9 @@ async def make_client() -> AsyncIterator[MakeClient]:
         overrides.setdefault("tokens", TOKENS)
         overrides.setdefault("display", ":0")
         overrides.setdefault("cdp_proxy_port", 0)  # the public DevTools endpoint: off
+        # pytest's own children (Xvfb, Chromium, supervisord) are not the daemon's: an app
+        # hosted in this process must not take them for adopted orphans.
+        overrides.setdefault("adopt_orphans", False)
         settings = make_settings(**overrides)
         client: TestClient[Any, Any] = TestClient(
             TestServer(create_app(settings)),

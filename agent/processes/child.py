@@ -68,6 +68,14 @@ def session_members(sid: int) -> list[int]:
     return live_sessions((sid,)).get(sid, [])
 
 
+# Pids of the started processes not reaped yet: their exit statuses are theirs to collect.
+_watched: set[int] = set()
+
+
+def watched_pids() -> frozenset[int]:
+    return frozenset(_watched)
+
+
 def _kill(pid: int, sig: int) -> bool:
     try:
         os.kill(pid, sig)
@@ -86,6 +94,7 @@ class Child:
         self._loop = asyncio.get_running_loop()
         self._exit: asyncio.Future[ExitStatus] = self._loop.create_future()
         self._pidfd = os.pidfd_open(self.pid)
+        _watched.add(self.pid)
         self._loop.add_reader(self._pidfd, self._reap)
 
     def _reap(self) -> None:
@@ -95,6 +104,7 @@ class Child:
         self._loop.remove_reader(self._pidfd)
         os.close(self._pidfd)
         self._pidfd = -1
+        _watched.discard(self.pid)
         if not self._exit.done():
             self._exit.set_result(ExitStatus.from_returncode(returncode))
 
@@ -131,6 +141,7 @@ class Child:
 
     def abandon(self) -> None:
         """Stop watching (daemon shutdown after the kill): close the pidfd."""
+        _watched.discard(self.pid)
         if self._pidfd >= 0:
             self._loop.remove_reader(self._pidfd)
             os.close(self._pidfd)

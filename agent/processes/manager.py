@@ -30,6 +30,7 @@ from agent.errors import BadRequest, Conflict, NotFound, TooManyRequests, Unavai
 from agent.processes import pty
 from agent.processes.child import SIGNALS, Child, ExitStatus, live_sessions, terminate_all
 from agent.processes.launch import Command, resolve, start
+from agent.processes.orphans import OrphanReaper
 from agent.processes.output import CappedBuffer, OutputBuffer, OutputPump
 
 log = logging.getLogger(__name__)
@@ -330,6 +331,13 @@ class ProcessManager:
         self._retained_limit = max(settings.max_processes, 1)
         self._closing = False
         self._stopping: asyncio.Task[None] | None = None
+        self._orphans = OrphanReaper() if settings.adopt_orphans else None
+
+    def start(self) -> None:
+        """With `adopt_orphans`, descendants that leave their session are adopted, reaped
+        when they exit, and stopped at shutdown too (see `orphans`)."""
+        if self._orphans is not None:
+            self._orphans.start()
 
     # --- table ----------------------------------------------------------------------
 
@@ -509,6 +517,8 @@ class ProcessManager:
         if doomed:
             log.info("stopping %d processes", len(doomed))
         await terminate_all(doomed, self._settings.kill_grace_s)
+        if self._orphans is not None:
+            await self._orphans.stop_all(self._settings.kill_grace_s)
 
     async def close(self) -> None:
         self.begin_shutdown()

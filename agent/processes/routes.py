@@ -41,6 +41,7 @@ async def _begin_shutdown(app: web.Application) -> None:
 
 
 async def _manager_lifetime(app: web.Application) -> AsyncIterator[None]:
+    app[MANAGER].start()
     yield
     await app[MANAGER].close()
 
