@@ -9,6 +9,7 @@ generated bodies are capped so that a run stays short; both stay within the sche
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -117,7 +118,7 @@ def daemon(xvfb: Xvfb, chromium: Chromium, supervisor: Supervisord,
 
 
 @schema.parametrize()
-@settings(max_examples=25, deadline=None,
+@settings(max_examples=int(os.environ.get("AGENT_FUZZ_EXAMPLES", "25")), deadline=None,
           suppress_health_check=list(HealthCheck))
 def test_no_server_errors_and_answers_match_the_spec(case: Any, daemon: str,
                                                      scratch: str) -> None:
