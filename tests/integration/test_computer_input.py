@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 from computer_support import buttons_down, click, keys_down, open_page, post, screen_point
-from helpers import Chromium, Xvfb, async_wait_until
+from helpers import Chromium, Xvfb, async_wait_until, cdp_call
 
 RECORDER = """
 <style>body{margin:0;font:16px sans-serif} .box{position:absolute;width:200px;height:150px}</style>
@@ -195,6 +195,44 @@ async def test_press_key_combos_and_hold(client: Any, page: Chromium) -> None:
     assert left["shift"] and left["ctrl"]
     assert next(k for k in keys if k["key"] == "A")["shift"]
     assert keys_down(page.display) == []
+
+
+async def _visibility(ws_url: str) -> str:
+    result = await cdp_call(ws_url, "Runtime.evaluate",
+                            {"expression": "document.visibilityState", "returnByValue": True})
+    return str(result["result"]["value"])
+
+
+async def test_ctrl_shift_tab_and_ctrl_tab_switch_tabs(client: Any, page: Chromium) -> None:
+    """Chromium's own tab accelerators, seen as which tab is visible."""
+    version = await asyncio.to_thread(page.http_json, "/json/version")
+    pages = [t for t in await asyncio.to_thread(page.http_json, "/json/list")
+             if t["type"] == "page"]
+    assert len(pages) == 1
+    first = pages[0]["webSocketDebuggerUrl"]
+    created = await cdp_call(version["webSocketDebuggerUrl"], "Target.createTarget",
+                             {"url": "data:text/html,<title>second</title>"})
+    second_id = created["targetId"]
+    try:
+        second = next(t["webSocketDebuggerUrl"]
+                      for t in await asyncio.to_thread(page.http_json, "/json/list")
+                      if t["id"] == second_id)
+
+        async def shows(visible: str, hidden: str) -> bool:
+            return (await _visibility(visible) == "visible"
+                    and await _visibility(hidden) == "hidden")
+
+        await async_wait_until(lambda: shows(second, first), what="the new tab in front")
+        await post(client, "/computer/press_key", {"keys": ["Ctrl+Shift+Tab"]})
+        await async_wait_until(lambda: shows(first, second), what="the previous tab")
+        await post(client, "/computer/press_key", {"keys": ["ctrl+Tab"]})
+        await async_wait_until(lambda: shows(second, first), what="the next tab")
+        assert keys_down(page.display) == []
+    finally:
+        await cdp_call(version["webSocketDebuggerUrl"], "Target.closeTarget",
+                       {"targetId": second_id})
+        await async_wait_until(lambda: page.evaluate("document.visibilityState === 'visible'"),
+                               what="the first tab in front")
 
 
 async def test_unknown_key_is_a_400_naming_it_and_nothing_stays_down(
