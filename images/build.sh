@@ -37,3 +37,6 @@ for target in $TARGETS; do
     echo "build: $tag ($target) built in $(( $(date +%s) - start ))s," \
         "$(podman image inspect --format '{{.Size}}' "$tag" | awk '{ printf "%.0f MB", $1 / 1e6 }')"
 done
+
+# Earlier builds' untagged images hold disk space only; the tagged ones keep the cache.
+podman image prune -f >/dev/null
