@@ -30,8 +30,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings.listen_host, settings.port,
         "required" if settings.auth_required else "off", settings.display,
     )
+    # handler_cancellation: a handler whose client went away is cancelled at once, so an
+    # idle stream (a quiet watch, a silent process) does not outlive its reader.
     web.run_app(app, host=settings.listen_host, port=settings.port, access_log=None,
-                print=None, shutdown_timeout=3.0)
+                print=None, shutdown_timeout=3.0, handler_cancellation=True)
     return 0
 
 

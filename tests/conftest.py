@@ -56,7 +56,7 @@ async def make_client() -> AsyncIterator[MakeClient]:
         overrides.setdefault("adopt_orphans", False)
         settings = make_settings(**overrides)
         client: TestClient[Any, Any] = TestClient(
-            TestServer(create_app(settings)),
+            TestServer(create_app(settings), handler_cancellation=True),  # as __main__
             headers=ADMIN if settings.tokens else None,
         )
         await client.start_server()

@@ -15,9 +15,8 @@ import os
 import re
 import tempfile
 import urllib.parse
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 from aiohttp import BodyPartReader, MultipartReader, web
 
@@ -34,7 +33,6 @@ from agent.streams import Gap
 WATCHES = web.AppKey("fs_watches", WatchManager)
 
 CHUNK = 1 << 20
-DISCONNECT_POLL_S = 0.5
 MAX_TEXT_FIELD = 64 * 1024
 MAX_UPLOAD_INDEX = 100_000
 
@@ -432,7 +430,7 @@ async def watch_events(request: web.Request) -> web.StreamResponse:
     after = last_event_id(request)
     sse = open_sse(request)
 
-    async def pump() -> None:
+    with watch.reading():
         async with sse:
             async for item in watch.log.follow(after):
                 if isinstance(item, Gap):
@@ -442,31 +440,7 @@ async def watch_events(request: web.Request) -> web.StreamResponse:
                         last_missed_id=item.last), id=item.last)
                 else:
                     await sse.send(item.item, id=item.seq)
-
-    with watch.reading():
-        await _while_connected(request, pump())
     return sse.response
-
-
-async def _while_connected(request: web.Request, work: Coroutine[Any, Any, None]) -> None:
-    """Run a stream until it ends or its client goes away (noticed within a second even
-    when the stream is idle, so a gone reader does not keep its watch alive)."""
-
-    async def disconnected() -> None:
-        # aiohttp signals a lost connection to a handler only when it next writes.
-        while request.transport is not None and not request.transport.is_closing():  # noqa: ASYNC110
-            await asyncio.sleep(DISCONNECT_POLL_S)
-
-    stream = asyncio.ensure_future(work)
-    watchdog = asyncio.ensure_future(disconnected())
-    try:
-        await asyncio.wait({stream, watchdog}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watchdog.cancel()
-        if not stream.done():
-            stream.cancel()
-        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
-            await stream
 
 
 @routes.delete("/fs/watch/{watch_id}")
