@@ -43,9 +43,20 @@ async def post_extensions(request: web.Request) -> web.Response:
             await _receive(request, upload)
         except (ValueError, AssertionError, HttpProcessingError) as exc:
             raise BadRequest(f"malformed multipart body: {exc}") from None
-        async with request.app[INSTALLING]:
-            await upload.install(request.app[CDP])
+        # From here on files change: a client that goes away (its handler is cancelled)
+        # does not stop the swap and the restart half-way.
+        task = asyncio.ensure_future(_install(request.app, upload))
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            await task
+            raise
     return web.Response(status=201)
+
+
+async def _install(app: web.Application, upload: ExtensionUpload) -> None:
+    async with app[INSTALLING]:
+        await upload.install(app[CDP])
 
 
 async def _receive(request: web.Request, upload: ExtensionUpload) -> None:
