@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from agent.aio import run_to_end
 from agent.appkeys import HEALTH_PROBES, SETTINGS
 from agent.browser.cdp import CdpManager
 from agent.browser.curl import CurlRequest, CurlTargets, curl
@@ -43,14 +44,8 @@ async def post_extensions(request: web.Request) -> web.Response:
             await _receive(request, upload)
         except (ValueError, AssertionError, HttpProcessingError) as exc:
             raise BadRequest(f"malformed multipart body: {exc}") from None
-        # From here on files change: a client that goes away (its handler is cancelled)
-        # does not stop the swap and the restart half-way.
-        task = asyncio.ensure_future(_install(request.app, upload))
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            await task
-            raise
+        # From here on files change: the swap and the restart are never left half-way.
+        await run_to_end(_install(request.app, upload))
     return web.Response(status=201)
 
 

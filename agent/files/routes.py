@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from aiohttp import BodyPartReader, MultipartReader, web
 
+from agent.aio import run_to_end
 from agent.appkeys import SETTINGS
 from agent.auth import require_scope
 from agent.errors import AgentError, BadRequest, field_error
@@ -290,6 +291,14 @@ class _Upload:
     staged: str | None = None
 
 
+def _place_all(uploads: dict[int, _Upload], owner: ops.Owner | None) -> None:
+    for index, entry in sorted(uploads.items()):
+        assert entry.staged is not None and entry.dest is not None
+        with _about(f"files[{index}].dest_path"):
+            ops.place(entry.staged, entry.dest, None, owner)
+        entry.staged = None
+
+
 @routes.post("/fs/upload")
 async def upload(request: web.Request) -> web.Response:
     uploads: dict[int, _Upload] = {}
@@ -328,12 +337,8 @@ async def upload(request: web.Request) -> web.Response:
             targets[entry.dest] = index
             with _about(f"files[{index}].dest_path"):
                 await asyncio.to_thread(ops.check_placeable, entry.dest)
-        owner = _owner(request)
-        for index, entry in sorted(uploads.items()):
-            assert entry.staged is not None and entry.dest is not None
-            with _about(f"files[{index}].dest_path"):
-                await asyncio.to_thread(ops.place, entry.staged, entry.dest, None, owner)
-            entry.staged = None
+        # No upload is left half placed; staged files are discarded only after.
+        await run_to_end(asyncio.to_thread(_place_all, uploads, _owner(request)))
     finally:
         for entry in uploads.values():
             if entry.staged is not None:
@@ -376,8 +381,8 @@ async def upload_zip(request: web.Request) -> web.Response:
         if missing:
             raise BadRequest("; ".join(d["message"] for d in missing), details=missing)
         assert staged is not None and dest is not None
-        await asyncio.to_thread(extract_zip, staged, dest, _owner(request),
-                                settings.zip_max_entries, settings.zip_max_bytes)
+        await run_to_end(asyncio.to_thread(extract_zip, staged, dest, _owner(request),
+                                           settings.zip_max_entries, settings.zip_max_bytes))
     finally:
         if staged is not None:
             await asyncio.to_thread(ops.discard_staged, staged)
