@@ -4,8 +4,10 @@ Chromium. No answer may be a 5xx, and every answer must match the spec: a docume
 status code, content type and body schema.
 
 Every generated absolute path is moved into a scratch directory (with `..` segments
-defused) so that generated deletes and moves cannot touch the machine, and durations in
-generated bodies are capped so that a run stays short; both stay within the schema."""
+defused) so that generated deletes and moves cannot touch the machine, and durations,
+counts and list lengths in generated bodies are capped so that a run stays short (a
+1,000-point drag in each of 100 batched actions is valid, and takes minutes); all stay
+within the schema."""
 
 from __future__ import annotations
 
@@ -39,6 +41,10 @@ CAPS = {
     "steps_per_segment": 3, "timeout_sec": 2, "timeout_ms": 1500,
 }
 MAX_TEXT = 40
+# key → most items sent (each at or above the schema's minItems for that key)
+LIST_CAPS = {"path": 4, "actions": 10, "keys": 5, "hold_keys": 5}
+# key → largest magnitude sent
+SIGNED_CAPS = {"delta_x": 5, "delta_y": 5, "num_clicks": 3}
 
 
 def is_path_key(key: str) -> bool:
@@ -59,6 +65,11 @@ def tame(value: Any, root: str) -> Any:
                 value[key] = confine(item, root)
             elif key in CAPS and isinstance(item, int) and not isinstance(item, bool):
                 value[key] = min(item, CAPS[key])
+            elif key in SIGNED_CAPS and isinstance(item, int) and not isinstance(item, bool):
+                value[key] = max(-SIGNED_CAPS[key], min(item, SIGNED_CAPS[key]))
+            elif key in LIST_CAPS and isinstance(item, list):
+                del item[LIST_CAPS[key]:]
+                tame(item, root)
             elif key == "text" and isinstance(item, str):
                 value[key] = item[:MAX_TEXT]
             else:
