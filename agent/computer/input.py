@@ -55,6 +55,14 @@ class _Slot:
     used_since_sync: bool = False
 
 
+# How often a pausing action looks whether its caller went away.
+ABANDON_CHECK_S = 0.05
+
+
+class Abandoned(Exception):
+    """An input job stopped because nobody waits for it any more."""
+
+
 class InputSession:
     """XTEST input state bound to one open connection."""
 
@@ -64,6 +72,7 @@ class InputSession:
             raise DisplayUnavailable("the X server has no XTEST extension")
         self.dpy = dpy
         self.closing = closing
+        self.abandoned: threading.Event | None = None  # set while a job runs, see Computer
         self.root = dpy.screen().root
         self.width = int(dpy.screen().width_in_pixels)
         self.height = int(dpy.screen().height_in_pixels)
@@ -182,8 +191,13 @@ class InputSession:
         self.dpy.sync()
 
     def _sleep(self, seconds: float) -> None:
-        if seconds > 0 and self.closing.wait(seconds):
-            raise DisplayUnavailable("the computer controller is shutting down")
+        """Pause an action; it stops here when the daemon shuts down or its caller left."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            if self.closing.wait(min(left, ABANDON_CHECK_S)):
+                raise DisplayUnavailable("the computer controller is shutting down")
+            if self.abandoned is not None and self.abandoned.is_set():
+                raise Abandoned("the caller went away")
 
     def _sleep_until(self, deadline: float) -> None:
         self.dpy.flush()

@@ -168,9 +168,30 @@ class Computer:
                 session.check_point(x, y, field)
             action.run(session)
 
-        await self.input.run(run)
+        await self._run_input(run)
         if action.hides_cursor is not None:
             self._cursor_hidden = action.hides_cursor
+
+    async def _run_input(self, fn: Callable[[InputSession], None]) -> None:
+        """Run an input job in turn. If its caller is cancelled (the client went away) the
+        job is dropped if it has not started, or stops at its next pause, releasing what
+        it pressed: a long drag nobody waits for does not hold up the actions behind it."""
+        abandoned = threading.Event()
+
+        def job(session: InputSession) -> None:
+            if abandoned.is_set():
+                return
+            session.abandoned = abandoned
+            try:
+                fn(session)
+            finally:
+                session.abandoned = None
+
+        try:
+            await self.input.run(job)
+        except asyncio.CancelledError:
+            abandoned.set()
+            raise
 
     async def batch(self, actions: Sequence[Mapping[str, Any]]) -> None:
         prepared: list[Action] = []
@@ -205,7 +226,7 @@ class Computer:
                     self._cursor_hidden = action.hides_cursor
 
         try:
-            await self.input.run(run)
+            await self._run_input(run)
         except AgentError as exc:
             index = position[0]
             raise _in_batch(exc, index, prepared[index].kind) from None

@@ -9,6 +9,7 @@ import random
 import time
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 from computer_support import buttons_down, click, keys_down, open_page, post, screen_point
@@ -427,6 +428,23 @@ async def test_reads_are_not_held_up_by_a_long_drag(client: Any, xvfb: Xvfb,
     assert time.monotonic() - started < 1.0
     assert not drag.done()
     await drag
+
+
+async def test_an_action_whose_client_left_stops_and_lets_the_next_one_run(
+        client: Any, xvfb: Xvfb) -> None:
+    """A 100-second drag whose client gives up is abandoned at its next step: the button
+    comes up and the next action runs at once instead of waiting behind it."""
+    drag = {"path": [[100, 100], [900, 100]], "smooth": False, "steps_per_segment": 100,
+            "step_delay_ms": 1000}
+    with pytest.raises(TimeoutError):
+        await client.post("/computer/drag_mouse", json=drag,
+                          timeout=aiohttp.ClientTimeout(total=1.5))
+    await async_wait_until(lambda: buttons_down(xvfb.name) == 0, timeout=10,
+                           what="the abandoned drag to release its button")
+    began = time.monotonic()
+    await post(client, "/computer/move_mouse", {"x": 40, "y": 50, "smooth": False})
+    assert time.monotonic() - began < 30  # the drag alone had 98 s left
+    assert await post(client, "/computer/get_mouse_position") == {"x": 40, "y": 50}
 
 
 async def test_input_actions_run_one_at_a_time_in_arrival_order(
