@@ -253,23 +253,27 @@ def list_files(path: str) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------- directories
 
 
-def make_dirs(path: str, mode: int, owner: Owner | None) -> list[str]:
-    """mkdir -p; every directory created gets `mode` and `owner`. Returns those created."""
+def _existing_ancestor(path: str) -> tuple[str, os.stat_result, list[str]]:
+    """The nearest existing ancestor of `path` (itself included), its stat, and the
+    missing paths below it, deepest first."""
     missing: list[str] = []
     current = path.rstrip("/") or "/"
     while True:
         try:
-            st = os.stat(current)
+            return current, os.stat(current), missing
         except (FileNotFoundError, NotADirectoryError):
-            missing.append(current)
             parent = os.path.dirname(current)
             if parent == current:
-                break
+                raise
+            missing.append(current)
             current = parent
-            continue
-        if not stat.S_ISDIR(st.st_mode):
-            raise Conflict(f"{shown(current)} exists and is not a directory")
-        break
+
+
+def make_dirs(path: str, mode: int, owner: Owner | None) -> list[str]:
+    """mkdir -p; every directory created gets `mode` and `owner`. Returns those created."""
+    current, st, missing = _existing_ancestor(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise Conflict(f"{shown(current)} exists and is not a directory")
     created: list[str] = []
     for directory in reversed(missing):
         try:
@@ -479,19 +483,10 @@ def staging_dir(dest: str) -> str:
     """Where to stage a file bound for `dest`: beside it, or in its nearest existing
     ancestor (missing parents are created only when the file is placed), so the final
     rename stays on one file system."""
-    current = os.path.dirname(dest.rstrip("/")) or "/"
-    while True:
-        try:
-            st = os.stat(current)
-        except (FileNotFoundError, NotADirectoryError):
-            parent = os.path.dirname(current)
-            if parent == current:
-                raise
-            current = parent
-            continue
-        if not stat.S_ISDIR(st.st_mode):
-            raise BadRequest(f"{shown(current)} is not a directory")
-        return current
+    current, st, _ = _existing_ancestor(os.path.dirname(dest.rstrip("/")) or "/")
+    if not stat.S_ISDIR(st.st_mode):
+        raise BadRequest(f"{shown(current)} is not a directory")
+    return current
 
 
 def _write_all(fd: int, chunks: list[bytes]) -> None:
