@@ -26,7 +26,12 @@ from Xlib import display as xdisplay
 from Xlib.protocol import event as xevent
 from Xlib.protocol import request
 
-from agent.computer.display import CONNECTION_ERRORS, drain_events, open_display
+from agent.computer.display import (
+    CONNECTION_ERRORS,
+    close_quietly,
+    drain_events,
+    open_display,
+)
 from agent.errors import AgentError, DisplayUnavailable, GatewayTimeout
 
 log = logging.getLogger(__name__)
@@ -328,10 +333,7 @@ class Clipboard:
         session, self._session = self._session, None
         if session is not None:
             log.warning("clipboard X connection lost: %s", exc)
-            try:
-                session.dpy.close()
-            except Exception:
-                log.debug("closing the clipboard connection failed", exc_info=True)
+            close_quietly(session.dpy)
 
     def _shutdown(self) -> None:
         session, self._session = self._session, None
@@ -339,6 +341,6 @@ class Clipboard:
             return
         try:
             session.close()
-            session.dpy.close()
         except Exception:
-            log.debug("closing the clipboard connection failed", exc_info=True)
+            log.debug("giving up the clipboard failed", exc_info=True)
+        close_quietly(session.dpy)

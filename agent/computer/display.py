@@ -128,11 +128,11 @@ class XConnection(Generic[S]):
         try:
             session = self._factory(dpy)
         except CONNECTION_ERRORS as exc:
-            _close_quietly(dpy)
+            close_quietly(dpy)
             raise DisplayUnavailable(
                 f"X display {self.display_name} went away ({type(exc).__name__})") from None
         except BaseException:
-            _close_quietly(dpy)
+            close_quietly(dpy)
             raise
         log.info("X connection %s opened on %s", self.name, self.display_name)
         self._session = session
@@ -147,7 +147,7 @@ class XConnection(Generic[S]):
             session.close()
         except Exception:  # the server is gone: nothing to tidy up
             log.debug("closing session %s failed", self.name, exc_info=True)
-        _close_quietly(session.dpy)
+        close_quietly(session.dpy)
 
     def _shutdown(self) -> None:
         session, self._session = self._session, None
@@ -158,7 +158,7 @@ class XConnection(Generic[S]):
             session.dpy.flush()
         except Exception:
             log.debug("closing session %s failed", self.name, exc_info=True)
-        _close_quietly(session.dpy)
+        close_quietly(session.dpy)
 
     async def close(self) -> None:
         self.closing.set()
@@ -169,7 +169,7 @@ class XConnection(Generic[S]):
             self._executor.shutdown(wait=False)
 
 
-def _close_quietly(dpy: xdisplay.Display) -> None:
+def close_quietly(dpy: xdisplay.Display) -> None:
     try:
         dpy.close()
     except Exception:
