@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from agent import __version__
+from agent import __version__, ratelimit
 from agent.appkeys import HEALTH_PROBES, SETTINGS
 from agent.auth import SCOPE_KEY, authenticate, bearer_token, has_scope
 from agent.browser import routes as browser_routes
@@ -160,12 +160,14 @@ def add_browser_aliases(app: web.Application) -> None:
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
-        middlewares=[request_context, errors, auth],
+        # Rate limits count after authentication: the bucket is the accepted token's.
+        middlewares=[request_context, errors, auth, ratelimit.rate_limit],
         client_max_size=settings.max_body_bytes,
     )
     app[SETTINGS] = settings
     app[HEALTH_PROBES] = {}  # the computer and browser slices add display and devtools
     app.on_response_prepare.append(_add_request_id)
+    ratelimit.setup(app)
     app.router.add_get("/health", health)
     app.router.add_get("/spec.yaml", get_spec_yaml)
     app.router.add_get("/spec.json", get_spec_json)

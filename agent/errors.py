@@ -87,6 +87,10 @@ class TooManyRequests(AgentError):
     code = "too_many_requests"
 
 
+class RateLimited(TooManyRequests):
+    code = "rate_limited"
+
+
 class InternalError(AgentError):
     status = 500
     code = "internal_error"
