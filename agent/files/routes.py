@@ -27,6 +27,7 @@ from agent.errors import AgentError, BadRequest, field_error
 from agent.files import ops
 from agent.files.archives import DirZip, extract_zip
 from agent.files.watches import WatchManager
+from agent.paging import next_link
 from agent.spec import request_json, request_query
 from agent.sse import last_event_id, open_sse
 from agent.streams import Gap
@@ -133,8 +134,13 @@ async def _read_unsized(request: web.Request, response: web.StreamResponse,
 
 @routes.get("/fs/list_files")
 async def list_files(request: web.Request) -> web.Response:
-    path = ops.check_path(request_query(request)["path"])
-    return web.json_response(await asyncio.to_thread(ops.list_files, path))
+    query = request_query(request)
+    path = ops.check_path(query["path"])
+    page = await asyncio.to_thread(ops.list_page, path, query["limit"], query.get("cursor"))
+    response = web.json_response(page.items)
+    if page.next_cursor is not None:
+        response.headers["Link"] = next_link(request.rel_url, page.next_cursor)
+    return response
 
 
 @routes.get("/fs/file_info")
