@@ -4,12 +4,14 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 NODE_DIR := tests/node
+WEB_DIR := web
+SWAGGER_UI := agent/docs/vendor/swagger-ui
 
-.PHONY: all setup system venv node-deps run test lint unit integration image-test bench image clean
+.PHONY: all setup system venv node-deps docs-assets run test lint unit integration image-test bench image clean
 
 all: test
 
-setup: system venv
+setup: system venv docs-assets
 
 system:
 	bash scripts/setup-system.sh
@@ -27,6 +29,18 @@ node-deps: $(NODE_DIR)/node_modules/.package-lock.json
 
 $(NODE_DIR)/node_modules/.package-lock.json: $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
 	npm ci --prefix $(NODE_DIR) --no-audit --no-fund
+	touch $@
+
+# Swagger UI for /docs, from the npm lockfile in web/, copied into the Python package
+# (package data: `pip install .` and the image take it from there). --ignore-scripts: no
+# install scripts run (swagger-ui-dist depends on a telemetry package's postinstall).
+docs-assets: $(SWAGGER_UI)/.installed
+
+$(SWAGGER_UI)/.installed: $(WEB_DIR)/package.json $(WEB_DIR)/package-lock.json
+	npm ci --prefix $(WEB_DIR) --ignore-scripts --no-audit --no-fund
+	rm -rf $(SWAGGER_UI) && mkdir -p $(SWAGGER_UI)
+	cp $(addprefix $(WEB_DIR)/node_modules/swagger-ui-dist/,swagger-ui-bundle.js swagger-ui-bundle.js.LICENSE.txt swagger-ui.css LICENSE NOTICE) $(SWAGGER_UI)/
+	node -p 'require("./$(WEB_DIR)/node_modules/swagger-ui-dist/package.json").version' > $(SWAGGER_UI)/VERSION
 	touch $@
 
 run: setup
@@ -60,4 +74,4 @@ image: setup
 	bash images/build.sh
 
 clean:
-	rm -rf $(VENV) $(NODE_DIR)/node_modules .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(NODE_DIR)/node_modules $(WEB_DIR)/node_modules $(SWAGGER_UI) .pytest_cache .mypy_cache .ruff_cache

@@ -19,6 +19,7 @@ from agent.auth import SCOPE_KEY, authenticate, bearer_token, has_scope
 from agent.browser import routes as browser_routes
 from agent.computer import routes as computer_routes
 from agent.config import Settings
+from agent.docs import routes as docs_routes
 from agent.errors import AgentError, Forbidden, InternalError, NotFound
 from agent.files import routes as files_routes
 from agent.logs import routes as logs_routes
@@ -35,7 +36,8 @@ _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _STATUS_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-SLICES = (computer_routes, files_routes, processes_routes, logs_routes, browser_routes)
+SLICES = (computer_routes, files_routes, processes_routes, logs_routes, browser_routes,
+          docs_routes)
 
 
 def error_response(exc: AgentError, request_id: str | None = None) -> web.Response:

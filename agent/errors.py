@@ -119,6 +119,12 @@ class BrowserUnavailable(Unavailable):
     code = "browser_unavailable"
 
 
+class DocsUnavailable(Unavailable):
+    """The /docs page's files are not in this installation."""
+
+    code = "docs_unavailable"
+
+
 def field_error(field: str, message: str, code: str = "invalid_field") -> dict[str, Any]:
     """One `ErrorDetail` naming a bad field (used in 400 details)."""
     return {"code": code, "field": field, "message": f"{field}: {message}"}
