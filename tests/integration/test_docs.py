@@ -191,6 +191,7 @@ async def test_try_it_out_shows_the_daemons_answers_and_never_stores_the_token(
         assert len(sent) == 1 and sent[0]["url"].startswith(origin + "/browsers/b1/")
         assert sent[0]["headers"].get("Authorization") == f"Bearer {TOKEN}"
 
+        assert await page.js("!!document.querySelector('.auth-wrapper .authorize.locked')")
         stored = await page.js("JSON.stringify([Object.entries(localStorage),"
                                " Object.entries(sessionStorage), document.cookie])")
         assert TOKEN not in stored
