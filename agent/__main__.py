@@ -4,21 +4,27 @@ environment."""
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
 from aiohttp import web
 
 from agent.app import create_app
-from agent.config import ConfigError, load_settings
+from agent.config import ConfigError, check_identity, load_settings
+
+SECRET_VARIABLES = ("AGENT_API_TOKEN", "AGENT_API_TOKENS")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(argv)
+        check_identity(settings)
     except ConfigError as exc:
         print(f"browser-agent: {exc}", file=sys.stderr)
         return 2
+    for name in SECRET_VARIABLES:  # read once; nothing later in this process needs them
+        os.environ.pop(name, None)
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

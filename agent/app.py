@@ -15,10 +15,10 @@ from aiohttp import web
 
 from agent import __version__
 from agent.appkeys import HEALTH_PROBES, SETTINGS
-from agent.auth import SCOPE_KEY, authenticate, bearer_token, has_scope
+from agent.auth import SCOPE_KEY, authenticate, check_origin, has_scope, optional_scope
 from agent.browser import routes as browser_routes
 from agent.computer import routes as computer_routes
-from agent.config import Settings
+from agent.config import Settings, check_identity
 from agent.errors import AgentError, Forbidden, InternalError, NotFound
 from agent.files import routes as files_routes
 from agent.logs import routes as logs_routes
@@ -100,6 +100,13 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 @web.middleware
+async def origin_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Host and Origin first, on every request (even a 404): no web page reaches us."""
+    check_origin(request)
+    return await handler(request)
+
+
+@web.middleware
 async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Scope per operation from the spec's x-scope; the /browsers/{id} check after it."""
     if request.match_info.http_exception is not None:
@@ -108,7 +115,8 @@ async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     op = operation_for(request)
     needed = op.scope if op is not None else "admin"
     if needed != "none":
-        granted = authenticate(request, settings.tokens, bearer_token(request))
+        websocket = op is not None and bool(op.raw.get("x-websocket"))
+        granted = authenticate(request, settings.tokens, websocket=websocket)
         if not has_scope(granted, needed):
             raise Forbidden(f"{request.method} {request.path} needs the {needed} scope; "
                             f"this token has {granted}")
@@ -130,8 +138,11 @@ async def health(request: web.Request) -> web.Response:
     names = list(probes)
     results = await asyncio.gather(*(probes[name]() for name in names))
     healthy = all(result.get("ok") for result in results)
-    body: dict[str, Any] = {"status": "ok" if healthy else "degraded", "version": __version__}
-    body.update(zip(names, results, strict=True))
+    body: dict[str, Any] = {"status": "ok" if healthy else "degraded"}
+    scope = optional_scope(request)
+    if scope is not None and has_scope(scope, "read"):  # details only for a caller
+        body["version"] = __version__
+        body.update(zip(names, results, strict=True))
     return web.json_response(body, status=200 if healthy else 503)
 
 
@@ -159,8 +170,9 @@ def add_browser_aliases(app: web.Application) -> None:
 
 
 def create_app(settings: Settings) -> web.Application:
+    check_identity(settings)
     app = web.Application(
-        middlewares=[request_context, errors, auth],
+        middlewares=[request_context, errors, origin_guard, auth],
         client_max_size=settings.max_body_bytes,
     )
     app[SETTINGS] = settings

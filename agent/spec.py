@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -21,9 +22,10 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
 from agent.appkeys import SETTINGS
-from agent.errors import BadRequest, PayloadTooLarge, field_error
+from agent.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType, field_error
 
 ALIAS_PREFIX = "/browsers/{browser_id}"
+MAX_JSON_DEPTH = 64  # nesting of arrays and objects in a request body
 
 
 def _parse_float(text: str) -> float | int:
@@ -161,6 +163,12 @@ async def request_json(request: web.Request) -> dict[str, Any]:
     if op is None or "requestBody" not in op.raw:
         raise RuntimeError(f"no request body schema for {request.method} {request.path}")
     required = bool(op.raw["requestBody"].get("required", False))
+    content_type = request.headers.get("Content-Type")
+    if (content_type is not None or request.body_exists) and request.content_type != "application/json":
+        # Also what keeps a web page's "simple" request (text/plain, a form) out.
+        raise UnsupportedMediaType(
+            f"the request body must be JSON sent with Content-Type: application/json (got "
+            f"{(content_type or 'none')[:100]!r}); with curl, use --json '{{...}}'")
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
@@ -171,11 +179,32 @@ async def request_json(request: web.Request) -> dict[str, Any]:
             raise BadRequest("a JSON request body is required",
                              details=[field_error("body", "is required", "missing_field")])
         return validate_body(op, {})
+    if _nesting(raw) > MAX_JSON_DEPTH:
+        raise BadRequest(f"JSON body nested deeper than {MAX_JSON_DEPTH} levels")
     try:
         body = json.loads(raw, parse_float=_parse_float)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise BadRequest(f"malformed JSON body: {exc}") from None
     return validate_body(op, body)
+
+
+_BRACKETS = re.compile(rb'[\[\]{}]|"(?:[^"\\]|\\.)*"')
+
+
+def _nesting(raw: bytes) -> int:
+    """How deep arrays and objects nest in a JSON text (strings skipped), before parsing:
+    the parser and the validator recurse, so depth is bounded first."""
+    if raw.count(b"[") + raw.count(b"{") <= MAX_JSON_DEPTH:
+        return 0
+    depth = deepest = 0
+    for match in _BRACKETS.finditer(raw):
+        token = match.group()
+        if token in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif token in (b"]", b"}"):
+            depth -= 1
+    return deepest
 
 
 def _coerce(name: str, raw: str, schema: Mapping[str, Any]) -> Any:

@@ -210,7 +210,7 @@ async def test_the_kernel_sdk_loads_extensions(
     # Another extension sets the title too, in no fixed order: this one marks the DOM.
     script = "document.documentElement.dataset.sdk = 'loaded';"
     pid = supervised.chromium_pid()
-    client = AsyncKernel(api_key="test-admin", base_url=str(api.make_url("")).rstrip("/"),
+    client = AsyncKernel(api_key="test-admin-token-0123456789", base_url=str(api.make_url("")).rstrip("/"),
                          max_retries=0)
     async with client:
         await client.browsers.load_extensions("this-browser", extensions=[

@@ -353,7 +353,7 @@ async def test_official_sdk_against_the_daemon(client: TestClient[Any, Any],
     """The Kernel SDK, pointed straight at the daemon, as users would."""
     from kernel import AsyncKernel
 
-    sdk = AsyncKernel(api_key="test-admin", base_url=str(client.make_url("")).rstrip("/"))
+    sdk = AsyncKernel(api_key="test-admin-token-0123456789", base_url=str(client.make_url("")).rstrip("/"))
     try:
         await sdk.browsers.fs.write_file("b1", b"from sdk", path=str(tmp_path / "w.txt"))
         await sdk.browsers.fs.upload("b1", files=[

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import schemathesis
 from helpers import Chromium, Supervisord, Xvfb, free_port, running_supervisord, wait_until
+from process_helpers import browser_user_env
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -32,7 +33,7 @@ from schemathesis.specs.openapi.checks import (
 
 from agent.spec import spec_document
 
-TOKEN = "fuzz-token"
+TOKEN = "fuzz-test-token-0123456789"
 schema = schemathesis.openapi.from_dict(spec_document())
 
 # key → largest value sent (each at or above the schema's minimum for that key)
@@ -109,6 +110,7 @@ def daemon(xvfb: Xvfb, chromium: Chromium, supervisor: Supervisord,
          "--cdp-proxy-port", "0", "--supervisor-socket", supervisor.socket,
          "--extensions-dir", f"{scratch}/extensions", "--log-level", "warning"],
         cwd=scratch, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, **browser_user_env()},
     )
     base = f"http://127.0.0.1:{port}"
 

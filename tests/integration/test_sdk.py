@@ -32,7 +32,7 @@ async def sdk(make_client: MakeClient, xvfb: Xvfb, chromium: Chromium
               ) -> AsyncIterator[AsyncKernel]:
     api = await make_client(display=xvfb.name, cdp_address=chromium.address,
                             cdp_proxy_port=0)
-    client = AsyncKernel(api_key="test-admin", base_url=str(api.make_url("")).rstrip("/"),
+    client = AsyncKernel(api_key="test-admin-token-0123456789", base_url=str(api.make_url("")).rstrip("/"),
                          max_retries=0, timeout=60)
     async with client:
         yield client
