@@ -14,13 +14,14 @@ from typing import Any
 from aiohttp import web
 
 from agent import __version__
-from agent.appkeys import HEALTH_PROBES, SETTINGS
+from agent.appkeys import FS_USER, HEALTH_PROBES, SETTINGS
 from agent.auth import SCOPE_KEY, authenticate, check_origin, has_scope, optional_scope
 from agent.browser import routes as browser_routes
 from agent.computer import routes as computer_routes
 from agent.config import Settings, check_identity
 from agent.errors import AgentError, Forbidden, InternalError, NotFound
 from agent.files import routes as files_routes
+from agent.identity import FsUser
 from agent.logs import routes as logs_routes
 from agent.processes import routes as processes_routes
 from agent.spec import ALIAS_PREFIX, operation_for, spec_json, spec_text
@@ -169,6 +170,10 @@ def add_browser_aliases(app: web.Application) -> None:
             app.router.add_route(route.method, ALIAS_PREFIX + path, route.handler)
 
 
+async def _close_fs_user(app: web.Application) -> None:
+    app[FS_USER].close()
+
+
 def create_app(settings: Settings) -> web.Application:
     check_identity(settings)
     app = web.Application(
@@ -176,6 +181,8 @@ def create_app(settings: Settings) -> web.Application:
         client_max_size=settings.max_body_bytes,
     )
     app[SETTINGS] = settings
+    app[FS_USER] = FsUser(settings.default_user)
+    app.on_cleanup.append(_close_fs_user)
     app[HEALTH_PROBES] = {}  # the computer and browser slices add display and devtools
     app.on_response_prepare.append(_add_request_id)
     app.router.add_get("/health", health)

@@ -69,8 +69,8 @@ MakeClient = Callable[..., Awaitable[TestClient[Any, Any]]]
 async def make_client() -> AsyncIterator[MakeClient]:
     """`client = await make_client(display=..., cdp_address=...)`: the real app, real
     settings (tokens: TOKENS unless `tokens=` says otherwise; as root, the browser user
-    is process_helpers.TEST_USER unless `default_user=` says otherwise); requests go to 127.0.0.1 and
-    send the admin token by default."""
+    is process_helpers.TEST_USER unless `default_user=` says otherwise); requests go to
+    127.0.0.1 and send the admin token by default."""
     clients: list[TestClient[Any, Any]] = []
 
     async def make(**overrides: Any) -> TestClient[Any, Any]:

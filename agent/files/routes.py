@@ -1,9 +1,14 @@
 """HTTP routes of the files slice: every /fs/* endpoint.
 
 Handlers parse and check the request, call the domain (`ops`, `archives`, `watches`)
-and shape the answer. Bodies stream both ways: `read_file` hands the file to the kernel
-(`sendfile`) with `Content-Length` and `Range`; `write_file` and uploads stream the
-request body to disk; `download_dir_zip` sends the zip while it is being built.
+and shape the answer. Every file operation runs in the threads of the app's `FsUser`,
+acting as the browser user (agent/identity.py): a client can touch exactly what that
+user can. Acting as root on files is the admin's `/process/exec` with `as_root`; the one
+root operation here is giving a file to another owner (admin).
+
+Bodies stream both ways: `read_file` hands the file to the kernel (`sendfile`) with
+`Content-Length` and `Range`; `write_file` and uploads stream the request body to disk;
+`download_dir_zip` sends the zip while it is being built.
 """
 
 from __future__ import annotations
@@ -21,12 +26,13 @@ from dataclasses import dataclass
 from aiohttp import BodyPartReader, MultipartReader, web
 
 from agent.aio import run_to_end
-from agent.appkeys import SETTINGS
+from agent.appkeys import FS_USER, SETTINGS
 from agent.auth import require_scope
 from agent.errors import AgentError, BadRequest, field_error
 from agent.files import ops
 from agent.files.archives import DirZip, extract_zip
 from agent.files.watches import WatchManager
+from agent.identity import FsUser
 from agent.spec import request_json, request_query
 from agent.sse import last_event_id, open_sse
 from agent.streams import Gap
@@ -40,8 +46,8 @@ MAX_UPLOAD_INDEX = 100_000
 routes = web.RouteTableDef()
 
 
-def _owner(request: web.Request) -> ops.Owner | None:
-    return ops.default_owner(request.app[SETTINGS].default_user)
+def _fs(request: web.Request) -> FsUser:
+    return request.app[FS_USER]
 
 
 def _mode(request: web.Request, text: str | None) -> int | None:
@@ -74,7 +80,7 @@ async def _body(request: web.Request) -> AsyncIterator[bytes]:
 @routes.get("/fs/read_file")
 async def read_file(request: web.Request) -> web.StreamResponse:
     path = ops.check_path(request_query(request)["path"])
-    handle = await asyncio.to_thread(ops.open_for_read, path)
+    handle = await _fs(request).run(ops.open_for_read, path)
     try:
         last_modified = email.utils.formatdate(handle.mtime, usegmt=True)
         selected = ops.byte_range(request.headers.get("Range"), handle.size,
@@ -134,13 +140,13 @@ async def _read_unsized(request: web.Request, response: web.StreamResponse,
 @routes.get("/fs/list_files")
 async def list_files(request: web.Request) -> web.Response:
     path = ops.check_path(request_query(request)["path"])
-    return web.json_response(await asyncio.to_thread(ops.list_files, path))
+    return web.json_response(await _fs(request).run(ops.list_files, path))
 
 
 @routes.get("/fs/file_info")
 async def file_info(request: web.Request) -> web.Response:
     path = ops.check_path(request_query(request)["path"])
-    return web.json_response(await asyncio.to_thread(ops.file_info, path))
+    return web.json_response(await _fs(request).run(ops.file_info, path))
 
 
 # ---------------------------------------------------------------- changing files
@@ -151,7 +157,7 @@ async def write_file(request: web.Request) -> web.Response:
     query = request_query(request)
     path = ops.check_path(query["path"])
     mode = _mode(request, query.get("mode"))
-    await ops.write_file(path, _body(request), mode, _owner(request))
+    await ops.write_file(path, _body(request), mode, None, _fs(request))
     return web.Response(status=201)
 
 
@@ -160,22 +166,21 @@ async def create_directory(request: web.Request) -> web.Response:
     body = await request_json(request)
     path = ops.check_path(body["path"])
     mode = _mode(request, body.get("mode"))
-    await asyncio.to_thread(ops.create_directory, path, 0o755 if mode is None else mode,
-                            _owner(request))
+    await _fs(request).run(ops.create_directory, path, 0o755 if mode is None else mode, None)
     return web.Response(status=201)
 
 
 @routes.put("/fs/delete_file")
 async def delete_file(request: web.Request) -> web.Response:
     body = await request_json(request)
-    await asyncio.to_thread(ops.delete_file, ops.check_path(body["path"]))
+    await _fs(request).run(ops.delete_file, ops.check_path(body["path"]))
     return web.Response(status=200)
 
 
 @routes.put("/fs/delete_directory")
 async def delete_directory(request: web.Request) -> web.Response:
     body = await request_json(request)
-    await asyncio.to_thread(ops.delete_directory, ops.check_path(body["path"]))
+    await _fs(request).run(ops.delete_directory, ops.check_path(body["path"]))
     return web.Response(status=200)
 
 
@@ -184,7 +189,7 @@ async def move(request: web.Request) -> web.Response:
     body = await request_json(request)
     src = ops.check_path(body["src_path"], "src_path")
     dest = ops.check_path(body["dest_path"], "dest_path")
-    await asyncio.to_thread(ops.move, src, dest)
+    await _fs(request).run(ops.move, src, dest)
     return web.Response(status=200)
 
 
@@ -197,7 +202,10 @@ async def set_file_permissions(request: web.Request) -> web.Response:
     mode = _mode(request, body["mode"])
     assert mode is not None  # required by the schema
     uid, gid = ops.resolve_ids(body.get("owner"), body.get("group"))
-    await asyncio.to_thread(ops.set_permissions, path, mode, uid, gid)
+    if uid == -1 and gid == -1:
+        await _fs(request).run(ops.set_permissions, path, mode, uid, gid)
+    else:  # root's power, on a path that no symbolic link can divert
+        await asyncio.to_thread(ops.set_owner_as_root, path, mode, uid, gid)
     return web.Response(status=200)
 
 
@@ -251,15 +259,15 @@ async def _text_field(part: BodyPartReader, field: str) -> str:
                          details=[field_error(field, "is not UTF-8 text")]) from None
 
 
-async def _stage_near(dest: str | None, chunks: AsyncIterator[bytes]) -> str:
+async def _stage_near(fs: FsUser, dest: str | None, chunks: AsyncIterator[bytes]) -> str:
     """Stage beside the destination when it is known (one rename later), else in the
     temporary directory (moved, or copied across file systems, when placed)."""
     directory = tempfile.gettempdir()
     if dest is not None:
         target = ops.write_target(dest)
         with ops.mapped(dest, "write"):
-            directory = await asyncio.to_thread(ops.staging_dir, target)
-    staged, _size = await ops.stage(chunks, directory)
+            directory = await fs.run(ops.staging_dir, target)
+    staged, _size = await ops.stage(chunks, directory, fs)
     return staged
 
 
@@ -317,7 +325,8 @@ async def upload(request: web.Request) -> web.Response:
                     raise BadRequest(f"{label} given twice", details=[field_error(label,
                                                                                   "given twice")])
                 with _about(f"files[{index}].dest_path"):
-                    entry.staged = await _stage_near(entry.dest, _part_chunks(part, label))
+                    entry.staged = await _stage_near(_fs(request), entry.dest,
+                                                     _part_chunks(part, label))
         if not uploads:
             raise BadRequest("no files in the upload",
                              details=[field_error("files", "is required", "missing_field")])
@@ -336,13 +345,13 @@ async def upload(request: web.Request) -> web.Response:
                                  details=[field_error(label, "duplicate destination")])
             targets[entry.dest] = index
             with _about(f"files[{index}].dest_path"):
-                await asyncio.to_thread(ops.check_placeable, entry.dest)
+                await _fs(request).run(ops.check_placeable, entry.dest)
         # No upload is left half placed; staged files are discarded only after.
-        await run_to_end(asyncio.to_thread(_place_all, uploads, _owner(request)))
+        await run_to_end(_fs(request).run(_place_all, uploads, None))
     finally:
         for entry in uploads.values():
             if entry.staged is not None:
-                await asyncio.to_thread(ops.discard_staged, entry.staged)
+                await _fs(request).run(ops.discard_staged, entry.staged)
     return web.Response(status=201)
 
 
@@ -368,7 +377,7 @@ async def upload_zip(request: web.Request) -> web.Response:
             if part.name == "dest_path" and dest is None:
                 dest = ops.check_path(await _text_field(part, "dest_path"), "dest_path")
             elif part.name == "zip_file" and staged is None:
-                staged = await _stage_near(dest, _part_chunks(part, "zip_file"))
+                staged = await _stage_near(_fs(request), dest, _part_chunks(part, "zip_file"))
             else:
                 raise BadRequest(f"unexpected form field {part.name!r} (expected zip_file "
                                  "and dest_path, once each)",
@@ -381,18 +390,18 @@ async def upload_zip(request: web.Request) -> web.Response:
         if missing:
             raise BadRequest("; ".join(d["message"] for d in missing), details=missing)
         assert staged is not None and dest is not None
-        await run_to_end(asyncio.to_thread(extract_zip, staged, dest, _owner(request),
-                                           settings.zip_max_entries, settings.zip_max_bytes))
+        await run_to_end(_fs(request).run(extract_zip, staged, dest, None,
+                                          settings.zip_max_entries, settings.zip_max_bytes))
     finally:
         if staged is not None:
-            await asyncio.to_thread(ops.discard_staged, staged)
+            await _fs(request).run(ops.discard_staged, staged)
     return web.Response(status=201)
 
 
 @routes.get("/fs/download_dir_zip")
 async def download_dir_zip(request: web.Request) -> web.StreamResponse:
     path = ops.check_path(request_query(request)["path"])
-    await asyncio.to_thread(DirZip.check, path)
+    await _fs(request).run(DirZip.check, path)
     name = os.path.basename(path.rstrip("/")) or "root"
     fallback = re.sub(r'[^A-Za-z0-9._ -]', "_", name)
     response = web.StreamResponse(headers={
@@ -404,7 +413,7 @@ async def download_dir_zip(request: web.Request) -> web.StreamResponse:
     await response.prepare(request)
     if request.method == "HEAD":
         return response
-    archive = DirZip(path)
+    archive = DirZip(path, _fs(request))
     try:
         async for chunk in archive:
             await response.write(chunk)
@@ -456,7 +465,7 @@ async def stop_watch(request: web.Request) -> web.Response:
 
 async def _watches_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    manager = WatchManager(settings.watch_buffer, settings.watch_idle_s)
+    manager = WatchManager(settings.watch_buffer, settings.watch_idle_s, app[FS_USER])
     app[WATCHES] = manager
     yield
     await manager.close()

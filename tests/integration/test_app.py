@@ -221,8 +221,8 @@ async def test_browser_alias_and_id_check(make_client: MakeClient, xvfb: Xvfb) -
 def run_daemon(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "agent", *args],
-        env={**os.environ, **browser_user_env(), **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True,
+        env={**os.environ, **browser_user_env(), **(env or {})}, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
     )
 
 

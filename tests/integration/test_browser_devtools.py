@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 from browser_support import SupervisedChromium, supervised_chromium
-from conftest import MakeClient
+from conftest import READ, MakeClient
 from helpers import async_wait_until, cdp_call, free_port, running_xvfb
 from websockets.exceptions import InvalidStatus
 
@@ -111,7 +111,7 @@ async def test_clients_without_the_token_are_refused(api: Api) -> None:
     assert status == 401 and body["code"] == "unauthorized"
     status, body = await get(f"{base}/json/version", {"Authorization": "Bearer wrong"})
     assert status == 401
-    status, body = await get(f"{base}/json/list", {"Authorization": "Bearer test-read-token-0123456789"})
+    status, body = await get(f"{base}/json/list", READ)
     assert status == 403 and body["code"] == "forbidden"
     status, info = await get(f"{base}/json/version", ADMIN_BEARER)
     with pytest.raises(InvalidStatus) as refused:

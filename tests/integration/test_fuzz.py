@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 import schemathesis
 from helpers import Chromium, Supervisord, Xvfb, free_port, running_supervisord, wait_until
-from process_helpers import browser_user_env
 from hypothesis import HealthCheck, settings
+from process_helpers import browser_user_env
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,

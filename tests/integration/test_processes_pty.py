@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import psutil
 import pytest
-from conftest import ADMIN, READ, MakeClient
+from conftest import ADMIN, READ, READ_TOKEN, MakeClient
 from helpers import async_wait_until
 from process_helpers import (
     TEST_USER,
@@ -246,7 +246,8 @@ async def test_websocket_attach_takes_the_token_in_the_query(make_client: MakeCl
                                 headers=no_auth)
     assert read_only.value.status == 403
     # a plain request does not take the token from the query
-    resp = await client.get(f"/process/{process_id}/status?token=test-read-token-0123456789", headers=no_auth)
+    resp = await client.get(f"/process/{process_id}/status?token={READ_TOKEN}",
+                            headers=no_auth)
     assert resp.status == 401
 
 
