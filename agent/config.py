@@ -155,6 +155,35 @@ OPTIONS: tuple[Option, ...] = (
            "largest JSON request body accepted (default 1 MiB)"),
     Option("sse_keepalive_s", "AGENT_SSE_KEEPALIVE", "--sse-keepalive", _float,
            "seconds between SSE keepalive comments (default 15)"),
+    # limits a client cannot push past (each answers a clear error; SECURITY.md)
+    Option("max_connections", "AGENT_MAX_CONNECTIONS", "--max-connections", _int,
+           "most open client connections; more are answered 503 and closed (default 256)"),
+    Option("header_timeout_s", "AGENT_HEADER_TIMEOUT", "--header-timeout", _float,
+           "seconds a connection may take to send a request's headers, and may stay idle "
+           "between requests (default 15)"),
+    Option("body_timeout_s", "AGENT_BODY_TIMEOUT", "--body-timeout", _float,
+           "seconds a request body may go without sending a byte (default 60)"),
+    Option("max_streams", "AGENT_MAX_STREAMS", "--max-streams", _int,
+           "most concurrent event streams and WebSockets (SSE, attach, DevTools) "
+           "(default 64)"),
+    Option("max_watches", "AGENT_MAX_WATCHES", "--max-watches", _int,
+           "most live filesystem watches (default 64)"),
+    Option("max_watch_dirs", "AGENT_MAX_WATCH_DIRS", "--max-watch-dirs", _int,
+           "most directories (inotify watches) all watches hold together (default 65536)"),
+    Option("unsized_read_max_bytes", "AGENT_UNSIZED_READ_MAX", "--unsized-read-max", _int,
+           "most bytes read_file sends of a file that reports size 0 (/proc, /sys) "
+           "(default 16 MiB)"),
+    Option("zip_download_max_bytes", "AGENT_ZIP_DOWNLOAD_MAX_BYTES", "--zip-download-max-bytes",
+           _int, "most file bytes one download_dir_zip archives (default 8 GiB)"),
+    Option("curl_max_bytes", "AGENT_CURL_MAX_BYTES", "--curl-max-bytes", _int,
+           "largest /curl response body (default 64 MiB)"),
+    Option("cdp_max_message_bytes", "AGENT_CDP_MAX_MESSAGE", "--cdp-max-message", _int,
+           "largest DevTools message the public DevTools endpoint relays (default 128 MiB)"),
+    Option("clipboard_max_bytes", "AGENT_CLIPBOARD_MAX", "--clipboard-max", _int,
+           "largest clipboard content read (default 16 MiB)"),
+    Option("output_max_pause_s", "AGENT_OUTPUT_MAX_PAUSE", "--output-max-pause", _float,
+           "seconds slow readers may hold a process's output paused before they stop "
+           "pacing it (default 60)"),
     # files
     Option("zip_max_entries", "AGENT_ZIP_MAX_ENTRIES", "--zip-max-entries", _int,
            "most entries an uploaded zip may hold (default 10000)"),
@@ -212,6 +241,18 @@ class Settings:
     default_user: str | None = None
     max_body_bytes: int = 1 << 20
     sse_keepalive_s: float = 15.0
+    max_connections: int = 256
+    header_timeout_s: float = 15.0
+    body_timeout_s: float = 60.0
+    max_streams: int = 64
+    max_watches: int = 64
+    max_watch_dirs: int = 65536
+    unsized_read_max_bytes: int = 16 << 20
+    zip_download_max_bytes: int = 8 << 30
+    curl_max_bytes: int = 64 << 20
+    cdp_max_message_bytes: int = 128 << 20
+    clipboard_max_bytes: int = 16 << 20
+    output_max_pause_s: float = 60.0
     zip_max_entries: int = 10_000
     zip_max_bytes: int = 2 << 30
     watch_buffer: int = 4096
@@ -322,6 +363,12 @@ def make_settings(**values: Any) -> Settings:
             f"refusing to listen on {settings.listen_host} without an API token: set "
             "AGENT_API_TOKEN, or pass --allow-unauthenticated on a trusted network"
         )
+    for opt in OPTIONS:
+        value = getattr(settings, opt.name)
+        if opt.name.startswith(("max_", "body_", "header_")) or opt.name.endswith(
+                ("_max_bytes", "_max_pause_s")):
+            if not value > 0:
+                raise ConfigError(f"{opt.flag} / {opt.env}: must be positive, got {value}")
     for origin in settings.allowed_origins:
         if not re.match(r"^https?://[^/\s]+$", origin):
             raise ConfigError(f"--allowed-origins: not an origin (scheme://host[:port]): "

@@ -7,6 +7,7 @@ publishes, so the contract and the code cannot drift. A bad field becomes a 400 
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import functools
 import json
@@ -22,7 +23,13 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
 from agent.appkeys import SETTINGS
-from agent.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType, field_error
+from agent.errors import (
+    AgentError,
+    BadRequest,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    field_error,
+)
 
 ALIAS_PREFIX = "/browsers/{browser_id}"
 MAX_JSON_DEPTH = 64  # nesting of arrays and objects in a request body
@@ -72,6 +79,19 @@ def operations() -> dict[tuple[str, str], Operation]:
             scope = str(op.get("x-scope", "admin"))
             ops[(method, path)] = Operation(method, path, scope, op)
     return ops
+
+
+@functools.cache
+def is_stream(method: str, path: str) -> bool:
+    """An operation that holds its connection open: a WebSocket (`x-websocket`) or an
+    event stream (a 200 of `text/event-stream`)."""
+    op = operations().get((method, path))
+    if op is None:
+        return False
+    if op.raw.get("x-websocket"):
+        return True
+    ok = op.raw.get("responses", {}).get("200", {})
+    return "text/event-stream" in (ok.get("content") or {})
 
 
 def canonical_path(template: str) -> str:
@@ -171,7 +191,10 @@ async def request_json(request: web.Request) -> dict[str, Any]:
             f"the request body must be JSON sent with Content-Type: application/json (got "
             f"{(content_type or 'none')[:100]!r}); with curl, use --json '{{...}}'")
     try:
-        raw = await request.read()
+        async with asyncio.timeout(request.app[SETTINGS].body_timeout_s):
+            raw = await request.read()
+    except TimeoutError:
+        raise body_timeout(request) from None
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[SETTINGS].max_body_bytes
         raise PayloadTooLarge(f"request body larger than the {limit}-byte limit") from None
@@ -206,6 +229,17 @@ def _nesting(raw: bytes) -> int:
         elif token in (b"]", b"}"):
             depth -= 1
     return deepest
+
+
+class RequestTimeout(AgentError):
+    status = 408
+    code = "body_timeout"
+
+
+def body_timeout(request: web.Request) -> RequestTimeout:
+    seconds = request.app[SETTINGS].body_timeout_s
+    return RequestTimeout(f"the request body stalled: no data for {seconds:g} s "
+                          "(AGENT_BODY_TIMEOUT)", headers={"Connection": "close"})
 
 
 def _coerce(name: str, raw: str, schema: Mapping[str, Any]) -> Any:

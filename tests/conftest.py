@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from helpers import Chromium, Xvfb, running_chromium, running_xvfb
 from process_helpers import browser_user, ensure_user
 
-from agent.app import create_app
+from agent.app import create_app, limit_connections, server_options
 from agent.config import make_settings
 
 # Tokens are at least 16 characters (shorter ones are refused at start).
@@ -83,10 +83,12 @@ async def make_client() -> AsyncIterator[MakeClient]:
         overrides.setdefault("default_user", browser_user())
         settings = make_settings(**overrides)
         client: TestClient[Any, Any] = TestClient(
-            TestServer(create_app(settings), handler_cancellation=True),  # as __main__
+            TestServer(create_app(settings), **server_options(settings)),  # as __main__
             headers=ADMIN if settings.tokens else None,
         )
         await client.start_server()
+        assert client.server.runner is not None and client.server.runner.server is not None
+        limit_connections(client.server.runner.server, settings.max_connections)
         clients.append(client)
         return client
 

@@ -35,7 +35,13 @@ from aiohttp import WSMsgType, web
 from agent.auth import bearer_token, check_origin_for, has_scope, token_scope
 from agent.browser.cdp import CdpManager, DiscoveryError, fetch_json
 from agent.config import Settings
-from agent.errors import AgentError, BrowserUnavailable, Forbidden, Unauthorized
+from agent.errors import (
+    AgentError,
+    BrowserUnavailable,
+    Forbidden,
+    TooManyRequests,
+    Unauthorized,
+)
 
 log = logging.getLogger(__name__)
 
@@ -221,14 +227,18 @@ class DevtoolsProxy:
 
     async def _bridge(self, request: web.Request, upstream_url: str) -> web.StreamResponse:
         assert self._session is not None
+        if len(self._sockets) >= self.settings.max_streams:
+            raise TooManyRequests(f"at most {self.settings.max_streams} DevTools connections "
+                                  "may be open (AGENT_MAX_STREAMS)", code="too_many_streams")
+        limit = self.settings.cdp_max_message_bytes  # either way (AGENT_CDP_MAX_MESSAGE)
         try:
             # No Origin header upstream: Chromium refuses WebSocket clients that send one.
-            upstream = await self._session.ws_connect(upstream_url, max_msg_size=0,
+            upstream = await self._session.ws_connect(upstream_url, max_msg_size=limit,
                                                       autoping=True, heartbeat=None)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise BrowserUnavailable(f"Chromium's DevTools refused {request.path}: {exc}"
                                      ) from None
-        client = web.WebSocketResponse(max_msg_size=0, autoping=True, heartbeat=None)
+        client = web.WebSocketResponse(max_msg_size=limit, autoping=True, heartbeat=None)
         try:
             await client.prepare(request)
         except BaseException:

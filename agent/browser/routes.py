@@ -91,7 +91,7 @@ def setup(app: web.Application) -> None:
     cdp = CdpManager(settings.cdp_address)
     proxy = DevtoolsProxy(cdp, settings)
     app[CDP] = cdp
-    app[CURL_TARGETS] = CurlTargets(cdp)
+    app[CURL_TARGETS] = CurlTargets(cdp, app[SETTINGS].curl_max_bytes)
     app[DEVTOOLS_PROXY] = proxy
     app[INSTALLING] = asyncio.Lock()
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import json
+import logging
 import os
 import re
 import tempfile
@@ -28,12 +30,12 @@ from aiohttp import BodyPartReader, MultipartReader, web
 from agent.aio import run_to_end
 from agent.appkeys import FS_USER, SETTINGS
 from agent.auth import require_scope
-from agent.errors import AgentError, BadRequest, field_error
+from agent.errors import AgentError, BadRequest, PayloadTooLarge, field_error
 from agent.files import ops
 from agent.files.archives import DirZip, extract_zip
 from agent.files.watches import WatchManager
 from agent.identity import FsUser
-from agent.spec import request_json, request_query
+from agent.spec import RequestTimeout, body_timeout, request_json, request_query
 from agent.sse import last_event_id, open_sse
 from agent.streams import Gap
 
@@ -44,6 +46,7 @@ MAX_TEXT_FIELD = 64 * 1024
 MAX_UPLOAD_INDEX = 100_000
 
 routes = web.RouteTableDef()
+log = logging.getLogger(__name__)
 
 
 def _fs(request: web.Request) -> FsUser:
@@ -65,9 +68,16 @@ def _abort(request: web.Request, response: web.StreamResponse) -> web.StreamResp
 
 
 async def _body(request: web.Request) -> AsyncIterator[bytes]:
+    stall = request.app[SETTINGS].body_timeout_s
     try:
-        async for chunk in request.content.iter_any():
+        while True:
+            async with asyncio.timeout(stall):
+                chunk = await request.content.readany()
+            if not chunk:
+                return
             yield chunk
+    except TimeoutError:
+        raise body_timeout(request) from None
     except AgentError:
         raise
     except Exception as exc:
@@ -117,21 +127,32 @@ async def read_file(request: web.Request) -> web.StreamResponse:
 
 async def _read_unsized(request: web.Request, response: web.StreamResponse,
                         handle: ops.OpenFile) -> web.StreamResponse:
-    """Files that report size 0 (e.g. in /proc) may still have content: read to EOF."""
-    first = await asyncio.to_thread(handle.file.read, CHUNK)
+    """Files that report size 0 (e.g. in /proc) may still have content: read to EOF, or
+    to AGENT_UNSIZED_READ_MAX bytes: a 413 when the first read shows more, else the
+    response is cut there (the client sees an incomplete body)."""
+    cap = request.app[SETTINGS].unsized_read_max_bytes
+    first = await asyncio.to_thread(handle.file.read, min(CHUNK, cap + 1))
     if not first:
         response.content_length = 0
         await response.prepare(request)
         return response
+    if len(first) > cap:
+        raise PayloadTooLarge(f"this file reports no size and holds more than {cap} bytes "
+                              "(AGENT_UNSIZED_READ_MAX)", code="unsized_file_too_large")
     response.set_status(200)
     response.headers.pop("Content-Range", None)
     response.enable_chunked_encoding()
     await response.prepare(request)
-    chunk = first
+    chunk, total = first, len(first)
     try:
         while chunk:
             await response.write(chunk)
-            chunk = await asyncio.to_thread(handle.file.read, CHUNK)
+            chunk = await asyncio.to_thread(handle.file.read, min(CHUNK, cap + 1 - total))
+            total += len(chunk)
+            if total > cap:
+                log.warning("read_file: %s holds more than %d bytes (AGENT_UNSIZED_READ_MAX); "
+                            "response cut", ops.shown(request.query.get("path", "?")), cap)
+                return _abort(request, response)
     except ConnectionError:
         pass
     return response
@@ -140,7 +161,14 @@ async def _read_unsized(request: web.Request, response: web.StreamResponse,
 @routes.get("/fs/list_files")
 async def list_files(request: web.Request) -> web.Response:
     path = ops.check_path(request_query(request)["path"])
-    return web.json_response(await _fs(request).run(ops.list_files, path))
+    # Listed and serialised in a thread: a directory of 100,000 entries does not hold up
+    # the event loop (and the other requests) while its JSON is built.
+    body = await _fs(request).run(_listing_json, path)
+    return web.Response(body=body, content_type="application/json")
+
+
+def _listing_json(path: str) -> bytes:
+    return json.dumps(ops.list_files(path)).encode()
 
 
 @routes.get("/fs/file_info")
@@ -235,10 +263,17 @@ async def _parts(request: web.Request) -> AsyncIterator[BodyPartReader]:
         yield part
 
 
-async def _part_chunks(part: BodyPartReader, field: str) -> AsyncIterator[bytes]:
+async def _part_chunks(part: BodyPartReader, field: str, stall: float) -> AsyncIterator[bytes]:
     try:
-        while chunk := await part.read_chunk(CHUNK):
+        while True:
+            async with asyncio.timeout(stall):
+                chunk = await part.read_chunk(CHUNK)
+            if not chunk:
+                return
             yield chunk
+    except TimeoutError:
+        raise RequestTimeout(f"{field}: the upload stalled: no data for {stall:g} s "
+                             "(AGENT_BODY_TIMEOUT)", headers={"Connection": "close"}) from None
     except AgentError:
         raise
     except Exception as exc:
@@ -246,9 +281,9 @@ async def _part_chunks(part: BodyPartReader, field: str) -> AsyncIterator[bytes]
                          details=[field_error(field, "incomplete")]) from None
 
 
-async def _text_field(part: BodyPartReader, field: str) -> str:
+async def _text_field(part: BodyPartReader, field: str, stall: float) -> str:
     data = bytearray()
-    async for chunk in _part_chunks(part, field):
+    async for chunk in _part_chunks(part, field, stall):
         data += chunk
         if len(data) > MAX_TEXT_FIELD:
             raise BadRequest(f"{field} is too long", details=[field_error(field, "too long")])
@@ -310,6 +345,7 @@ def _place_all(uploads: dict[int, _Upload], owner: ops.Owner | None) -> None:
 @routes.post("/fs/upload")
 async def upload(request: web.Request) -> web.Response:
     uploads: dict[int, _Upload] = {}
+    stall = request.app[SETTINGS].body_timeout_s
     try:
         async for part in _parts(request):
             index, kind = _upload_field(part.name)
@@ -319,14 +355,14 @@ async def upload(request: web.Request) -> web.Response:
                 if entry.dest is not None:
                     raise BadRequest(f"{label} given twice", details=[field_error(label,
                                                                                   "given twice")])
-                entry.dest = ops.check_path(await _text_field(part, label), label)
+                entry.dest = ops.check_path(await _text_field(part, label, stall), label)
             else:
                 if entry.staged is not None:
                     raise BadRequest(f"{label} given twice", details=[field_error(label,
                                                                                   "given twice")])
                 with _about(f"files[{index}].dest_path"):
                     entry.staged = await _stage_near(_fs(request), entry.dest,
-                                                     _part_chunks(part, label))
+                                                     _part_chunks(part, label, stall))
         if not uploads:
             raise BadRequest("no files in the upload",
                              details=[field_error("files", "is required", "missing_field")])
@@ -370,14 +406,16 @@ def _about(label: str) -> Iterator[None]:
 @routes.post("/fs/upload_zip")
 async def upload_zip(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
+    stall = settings.body_timeout_s
     dest: str | None = None
     staged: str | None = None
     try:
         async for part in _parts(request):
             if part.name == "dest_path" and dest is None:
-                dest = ops.check_path(await _text_field(part, "dest_path"), "dest_path")
+                dest = ops.check_path(await _text_field(part, "dest_path", stall), "dest_path")
             elif part.name == "zip_file" and staged is None:
-                staged = await _stage_near(_fs(request), dest, _part_chunks(part, "zip_file"))
+                staged = await _stage_near(_fs(request), dest,
+                                           _part_chunks(part, "zip_file", stall))
             else:
                 raise BadRequest(f"unexpected form field {part.name!r} (expected zip_file "
                                  "and dest_path, once each)",
@@ -413,7 +451,7 @@ async def download_dir_zip(request: web.Request) -> web.StreamResponse:
     await response.prepare(request)
     if request.method == "HEAD":
         return response
-    archive = DirZip(path, _fs(request))
+    archive = DirZip(path, _fs(request), request.app[SETTINGS].zip_download_max_bytes)
     try:
         async for chunk in archive:
             await response.write(chunk)
@@ -465,7 +503,8 @@ async def stop_watch(request: web.Request) -> web.Response:
 
 async def _watches_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    manager = WatchManager(settings.watch_buffer, settings.watch_idle_s, app[FS_USER])
+    manager = WatchManager(settings.watch_buffer, settings.watch_idle_s, app[FS_USER],
+                           settings.max_watches, settings.max_watch_dirs)
     app[WATCHES] = manager
     yield
     await manager.close()
