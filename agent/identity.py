@@ -175,6 +175,13 @@ class FsUser:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 
+async def run_as(fs: FsUser | None, fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` in a thread acting as `fs`'s user (as the daemon itself without one)."""
+    if fs is None:
+        return await asyncio.to_thread(fn, *args)
+    return await fs.run(fn, *args)
+
+
 # ---------------------------------------------------------------- opening paths
 
 

@@ -25,7 +25,7 @@ import pwd
 import shutil
 import stat
 import tempfile
-from collections.abc import AsyncIterable, Callable
+from collections.abc import AsyncIterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -39,7 +39,7 @@ from agent.errors import (
     PayloadTooLarge,
     field_error,
 )
-from agent.identity import RESOLVE_NO_SYMLINKS, FsUser, acting_as_root, open_path
+from agent.identity import RESOLVE_NO_SYMLINKS, FsUser, acting_as_root, open_path, run_as
 
 log = logging.getLogger(__name__)
 
@@ -533,13 +533,6 @@ def _discard(fd: int, path: str) -> None:
         os.close(fd)
     with contextlib.suppress(OSError):
         os.unlink(path)
-
-
-async def run_as(fs: FsUser | None, fn: Callable[..., T], *args: Any) -> T:
-    """`fn(*args)` in a thread acting as `fs`'s user (as the daemon itself without one)."""
-    if fs is None:
-        return await asyncio.to_thread(fn, *args)
-    return await fs.run(fn, *args)
 
 
 async def stage(chunks: AsyncIterable[bytes], directory: str,

@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.errors import BadRequest, NotFound, TooManyRequests, Unavailable
-from agent.files.ops import mapped, run_as, shown
-from agent.identity import FsUser
+from agent.files.ops import mapped, shown
+from agent.identity import FsUser, run_as
 from agent.streams import EventLog
 
 log = logging.getLogger(__name__)

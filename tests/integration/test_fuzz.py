@@ -12,9 +12,12 @@ within the schema."""
 from __future__ import annotations
 
 import os
+import pwd
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -23,7 +26,7 @@ import pytest
 import schemathesis
 from helpers import Chromium, Supervisord, Xvfb, free_port, running_supervisord, wait_until
 from hypothesis import HealthCheck, settings
-from process_helpers import browser_user_env
+from process_helpers import browser_user, browser_user_env
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -82,8 +85,16 @@ def tame(value: Any, root: str) -> Any:
 
 
 @pytest.fixture(scope="module")
-def scratch(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(tmp_path_factory.mktemp("fuzz-root"))
+def scratch() -> Iterator[str]:
+    """The browser user's directory (file operations act as that user)."""
+    path = tempfile.mkdtemp(prefix="agent-fuzz-")
+    user = browser_user()
+    if user is not None:
+        entry = pwd.getpwnam(user)
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 PROGRAMS = """[program:talker]
