@@ -160,7 +160,7 @@ OPTIONS: tuple[Option, ...] = (
            "most open client connections; more are answered 503 and closed (default 256)"),
     Option("header_timeout_s", "AGENT_HEADER_TIMEOUT", "--header-timeout", _float,
            "seconds a connection may take to send a request's headers, and may stay idle "
-           "between requests (default 15)"),
+           "between requests (default 30)"),
     Option("body_timeout_s", "AGENT_BODY_TIMEOUT", "--body-timeout", _float,
            "seconds a request body may go without sending a byte (default 60)"),
     Option("max_streams", "AGENT_MAX_STREAMS", "--max-streams", _int,
@@ -242,7 +242,7 @@ class Settings:
     max_body_bytes: int = 1 << 20
     sse_keepalive_s: float = 15.0
     max_connections: int = 256
-    header_timeout_s: float = 15.0
+    header_timeout_s: float = 30.0
     body_timeout_s: float = 60.0
     max_streams: int = 64
     max_watches: int = 64

@@ -82,13 +82,17 @@ async def make_client() -> AsyncIterator[MakeClient]:
         overrides.setdefault("adopt_orphans", False)
         overrides.setdefault("default_user", browser_user())
         settings = make_settings(**overrides)
+        server = TestServer(create_app(settings))
+        # The server options of __main__ (TestServer passes them on from start_server,
+        # and adds handler_cancellation itself), and its connection limit.
+        options = {k: v for k, v in server_options(settings).items()
+                   if k != "handler_cancellation"}
+        await server.start_server(**options)
+        assert server.runner is not None and server.runner.server is not None
+        limit_connections(server.runner.server, settings.max_connections)
         client: TestClient[Any, Any] = TestClient(
-            TestServer(create_app(settings), **server_options(settings)),  # as __main__
-            headers=ADMIN if settings.tokens else None,
-        )
+            server, headers=ADMIN if settings.tokens else None)
         await client.start_server()
-        assert client.server.runner is not None and client.server.runner.server is not None
-        limit_connections(client.server.runner.server, settings.max_connections)
         clients.append(client)
         return client
 

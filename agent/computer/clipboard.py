@@ -193,6 +193,8 @@ class ClipboardSession:
         if owner == X.NONE or isinstance(owner, int):
             return ""
         if int(owner.id) == int(self.window.id) and self.text is not None:
+            if len(self.text.encode("utf-8", "surrogatepass")) > max_bytes:
+                self._too_large()
             return self.text
         for target in (self.UTF8, Xatom.STRING):
             text = self._convert(target)

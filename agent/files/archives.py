@@ -349,9 +349,9 @@ PSEUDO_FS = frozenset((
 ))
 
 
-def pseudo_mounts() -> set[str]:
-    """Mount points of kernel and virtual file systems (from /proc/self/mountinfo)."""
-    found: set[str] = set()
+def mounts() -> dict[str, str]:
+    """Mount point → file system type (from /proc/self/mountinfo)."""
+    found: dict[str, str] = {}
     with contextlib.suppress(OSError), open("/proc/self/mountinfo", "rb") as handle:
         for line in handle:
             fields = line.split()
@@ -359,10 +359,25 @@ def pseudo_mounts() -> set[str]:
                 sep = fields.index(b"-")
             except ValueError:
                 continue
-            if fields[sep + 1].decode(errors="replace") in PSEUDO_FS:
-                point = fields[4].decode("unicode_escape").encode("latin-1")
-                found.add(os.fsdecode(point))
+            point = fields[4].decode("unicode_escape").encode("latin-1")
+            found[os.fsdecode(point)] = fields[sep + 1].decode(errors="replace")
     return found
+
+
+def pseudo_mounts() -> set[str]:
+    """Mount points of kernel and virtual file systems."""
+    return {point for point, kind in mounts().items() if kind in PSEUDO_FS}
+
+
+def filesystem_type(path: str) -> str:
+    """The type of the file system `path` (resolved) is on: its longest mount point."""
+    real = os.path.realpath(path)
+    best, kind = "", ""
+    for point, point_kind in mounts().items():
+        inside = real == point or real.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, point_kind
+    return kind
 
 
 class _Budget:
@@ -488,7 +503,7 @@ class DirZip:
             st = os.stat(root)
             if not stat.S_ISDIR(st.st_mode):
                 raise BadRequest(f"not a directory: {shown(root)}")
-            if os.path.realpath(root) in pseudo_mounts():
+            if filesystem_type(root) in PSEUDO_FS:
                 raise BadRequest(f"{shown(root)} is a kernel file system (proc, sysfs, "
                                  "devtmpfs, ...), which cannot be archived")
             os.scandir(root).close()

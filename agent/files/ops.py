@@ -536,12 +536,12 @@ def _discard(fd: int, path: str) -> None:
 
 
 async def stage(chunks: AsyncIterable[bytes], directory: str,
-                fs: FsUser | None = None) -> tuple[str, int]:
+                fs: FsUser | None = None, dest: str | None = None) -> tuple[str, int]:
     """Stream `chunks` into a new temporary file in `directory`; returns (path, size).
 
     Disk writes run in worker threads, overlapping with receiving the next batch. On any
     failure (including the client going away) the temporary file is removed."""
-    with mapped(directory, "write to"):
+    with mapped(dest, "write") if dest is not None else mapped(directory, "write to"):
         fd, path = await run_as(
             fs, tempfile.mkstemp, STAGING_SUFFIX, STAGING_PREFIX, directory)
     loop = asyncio.get_running_loop()
@@ -609,8 +609,9 @@ def check_placeable(dest: str) -> None:
 
 def place(staged: str, dest: str, mode: int | None, owner: Owner | None) -> None:
     """Rename a staged file into place. Missing parents are created (mode 755, owned by
-    `owner`). Replacing a file keeps its owner, and its mode unless `mode` is given; a new
-    file gets `mode` or 644 and belongs to `owner`."""
+    `owner`). Replacing a file keeps its mode (less setuid/setgid) unless `mode` is given,
+    and, acting as root, its owner; a new file gets `mode` or 644 and belongs to `owner`
+    (or to the user acting)."""
     target = write_target(dest)
     with mapped(target, "write"):
         try:
@@ -621,8 +622,12 @@ def place(staged: str, dest: str, mode: int | None, owner: Owner | None) -> None
                 existing = None
             if existing is not None and stat.S_ISDIR(existing.st_mode):
                 raise BadRequest(f"is a directory: {shown(dest)}")
+            # A replaced file keeps its permissions but never setuid/setgid (as the
+            # kernel clears them when someone writes to a file): only an explicit
+            # `mode`, which needs the admin scope, sets those.
             final_mode = mode if mode is not None else (
-                stat.S_IMODE(existing.st_mode) if existing is not None else 0o644)
+                stat.S_IMODE(existing.st_mode) & ~SETID_BITS if existing is not None
+                else 0o644)
             if existing is not None and acting_as_root():
                 os.chown(staged, existing.st_uid, existing.st_gid)
             else:
@@ -662,7 +667,7 @@ async def write_file(path: str, chunks: AsyncIterable[bytes], mode: int | None,
     await run_as(fs, check_placeable, path)
     with mapped(path, "write"):
         directory = await run_as(fs, _staging_dir_of, path)
-    staged, size = await stage(chunks, directory, fs)
+    staged, size = await stage(chunks, directory, fs, path)
     await run_as(fs, place, staged, path, mode, owner)
     return size
 

@@ -302,7 +302,7 @@ async def _stage_near(fs: FsUser, dest: str | None, chunks: AsyncIterator[bytes]
         target = ops.write_target(dest)
         with ops.mapped(dest, "write"):
             directory = await fs.run(ops.staging_dir, target)
-    staged, _size = await ops.stage(chunks, directory, fs)
+    staged, _size = await ops.stage(chunks, directory, fs, dest)
     return staged
 
 
