@@ -26,10 +26,13 @@ import codecs
 import contextlib
 import ctypes
 import ctypes.util
+import encodings
 import errno
 import functools
+import importlib
 import logging
 import os
+import pkgutil
 import platform
 import pwd
 import threading
@@ -121,14 +124,15 @@ def become_root(groups: tuple[int, ...]) -> None:
     _state.identity = None
 
 
-# Codecs the file operations use, looked up (imported) once by the daemon itself: the
-# browser user need not be able to read the daemon's own installation.
-_PRELOADED_CODECS = ("cp437", "utf-8", "latin-1", "ascii", "idna")
-
-
+@functools.cache
 def _preload() -> None:
-    for name in _PRELOADED_CODECS:
-        codecs.lookup(name)
+    """Import every codec now, as the daemon: a codec is imported on first use, and the
+    threads acting as the browser user need not be able to read the daemon's own
+    installation (zip names are cp437, manifests utf-8-sig, ...)."""
+    for module in pkgutil.iter_modules(encodings.__path__):
+        with contextlib.suppress(Exception):
+            importlib.import_module(f"encodings.{module.name}")
+    codecs.lookup("utf-8")
 
 
 class FsUser:

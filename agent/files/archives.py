@@ -19,6 +19,7 @@ import contextlib
 import logging
 import os
 import queue
+import re
 import shutil
 import stat
 import struct
@@ -359,7 +360,8 @@ def mounts() -> dict[str, str]:
                 sep = fields.index(b"-")
             except ValueError:
                 continue
-            point = fields[4].decode("unicode_escape").encode("latin-1")
+            # Blanks and backslashes in paths are written as octal escapes (\040).
+            point = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m[1], 8)]), fields[4])
             found[os.fsdecode(point)] = fields[sep + 1].decode(errors="replace")
     return found
 
