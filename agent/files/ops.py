@@ -234,13 +234,25 @@ def describe(path: str, st: os.stat_result, name: str | None = None) -> dict[str
     return info
 
 
+def refuse_own_proc(path: str) -> None:
+    """The daemon's own /proc entries are not served: its threads may list the file
+    descriptors of their own process whoever they act as (the kernel allows a process
+    its own), which would name the files other requests have open."""
+    own = f"/proc/{os.getpid()}"
+    for real in (os.path.realpath(path), os.path.realpath(os.path.dirname(path) or "/")):
+        if real == own or real.startswith(own + "/"):
+            raise Forbidden(f"permission denied: {shown(path)} is the daemon's own process")
+
+
 def file_info(path: str) -> dict[str, Any]:
     with mapped(path, "stat"):
+        refuse_own_proc(path)
         return describe(path, os.lstat(path))
 
 
 def list_files(path: str) -> list[dict[str, Any]]:
     with mapped(path, "list"):
+        refuse_own_proc(path)
         st = os.stat(path)
         if not stat.S_ISDIR(st.st_mode):
             raise BadRequest(f"not a directory: {shown(path)} (use file_info for files)")

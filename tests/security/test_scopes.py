@@ -53,6 +53,12 @@ async def test_a_read_token_reaches_no_token(daemon: Daemon) -> None:
             status, body = await read(daemon, path, headers)
             assert status in (400, 403), (path, status, body[:200])
             assert not leaks(body), path
+    async with aiohttp.ClientSession() as session:
+        for url in ("/fs/list_files", "/fs/file_info"):  # the files the daemon has open
+            for path in (f"/proc/{pid}/fd", "/proc/self/fd/0", f"/proc/{pid}/task"):
+                async with session.get(daemon.base + url, params={"path": path},
+                                       headers=READ) as resp:
+                    assert resp.status == 403, (url, path)
     # What the browser user may read, it may read; it holds no token.
     status, body = await read(daemon, f"/proc/{pid}/cmdline", READ)
     assert status == 200 and b"agent" in body and not leaks(body)
