@@ -12,8 +12,8 @@ packages=(
   # tests and benchmarks: baselines and helpers
   xdotool xclip ffmpeg procps shellcheck
   # the image test: podman builds and runs the container, debootstrap makes its base;
-  # the deployment test: catatonit for kube play's pause container, podman-compose
-  podman runc debootstrap systemd catatonit podman-compose
+  # the deployment test: catatonit for kube play's pause container
+  podman runc debootstrap systemd catatonit
 )
 
 # Node for the Puppeteer test (tests/node): Debian's nodejs 18 + npm 9; a NodeSource

@@ -26,6 +26,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -85,6 +86,7 @@ class Deployed:
     api_port: int
     display: int
     env: dict[str, str]
+    kube_file: Path | None = None
     token: str = ""
     started_at: float = 0.0
 
@@ -149,14 +151,23 @@ def read_token(target: Deployed, raw: str) -> str:
 
 
 def cgroup_figures(target: Deployed) -> tuple[int, int]:
-    """(memory.current bytes, cpu usage_usec) of the container's cgroup."""
-    result = run("podman", "inspect", "--format", "{{.State.CgroupPath}}", target.container,
-                 env=target.env)
-    base = Path("/sys/fs/cgroup") / result.stdout.strip().lstrip("/")
-    memory = int((base / "memory.current").read_text())
-    usage = next(int(line.split()[1]) for line in (base / "cpu.stat").read_text().splitlines()
-                 if line.startswith("usage_usec"))
-    return memory, usage
+    """(working-set memory in bytes, CPU time in microseconds) of the container's cgroup:
+    memory as the kubelet counts it against limits (usage less inactive page cache)."""
+    path = run("podman", "inspect", "--format", "{{.State.CgroupPath}}", target.container,
+               env=target.env).stdout.strip().lstrip("/")
+    root = Path("/sys/fs/cgroup")
+    if (root / path / "memory.current").exists():  # cgroup v2
+        stat = dict(line.split() for line in (root / path / "memory.stat").read_text()
+                    .splitlines())
+        memory = int((root / path / "memory.current").read_text()) - int(stat["inactive_file"])
+        cpu = dict(line.split() for line in (root / path / "cpu.stat").read_text()
+                   .splitlines())
+        return memory, int(cpu["usage_usec"])
+    stat = dict(line.split() for line in (root / "memory" / path / "memory.stat").read_text()
+                .splitlines())
+    usage = int((root / "memory" / path / "memory.usage_in_bytes").read_text())
+    cpu_ns = int((root / "cpuacct" / path / "cpuacct.usage").read_text())
+    return usage - int(stat["total_inactive_file"]), cpu_ns // 1000
 
 
 # --- Kubernetes: the StatefulSet's pod with its Secret ------------------------------------
@@ -194,7 +205,8 @@ def pod(images: dict[str, str], tmp_path_factory: pytest.TempPathFactory
     pod_file = tmp / "pod.yaml"
     pod_file.write_text(yaml.safe_dump(pod_doc))
 
-    target = Deployed(POD_NAME, f"{POD_NAME}-{container['name']}", api_port, display, env)
+    target = Deployed(POD_NAME, f"{POD_NAME}-{container['name']}", api_port, display, env,
+                      kube_file=pod_file)
     run("podman", "pod", "rm", "--force", POD_NAME, check=False, env=env)
     run("podman", "secret", "rm", secret_name, check=False, env=env)
     run("podman", "secret", "create", secret_name, str(tmp / "secret.yaml"), env=env)
@@ -305,7 +317,9 @@ def test_resource_figures(pod: Deployed) -> None:
     assert actions > 0
 
 
-def test_kube_down_stops_cleanly(pod: Deployed, tmp_path: Path) -> None:
+def test_kube_down_stops_cleanly(pod: Deployed) -> None:
+    """The pod's stop (SIGTERM to supervisord, as the kubelet sends it) ends every program
+    by itself, then `kube down` removes the pod."""
     started = time.monotonic()
     run("podman", "pod", "stop", "--time", "30", POD_NAME, env=pod.env, timeout=60)
     took = time.monotonic() - started
@@ -317,6 +331,9 @@ def test_kube_down_stops_cleanly(pod: Deployed, tmp_path: Path) -> None:
     assert code == "0", text[-3000:]
     assert "killing '" not in text[text.index("received SIGTERM"):]
     assert took < 10
+    assert pod.kube_file is not None
+    run("podman", "kube", "down", str(pod.kube_file), env=pod.env)
+    assert run("podman", "pod", "exists", POD_NAME, check=False, env=pod.env).returncode == 1
 
 
 # --- Compose -------------------------------------------------------------------------------
@@ -330,16 +347,17 @@ def composed(images: dict[str, str], tmp_path: Path) -> Iterator[Deployed]:
     token_file.write_text(token + "\n")
     token_file.chmod(0o600)
     api_port, display = free_port(), reserve_display()
-    override = {"services": {"browser": {"network_mode": "host",
-                                         "ports": [],
-                                         "environment": moved_env(api_port, display)}}}
-    (tmp_path / "override.yaml").write_text(yaml.safe_dump(override))
+    # Host networking (see the module docstring): the published ports are reset.
+    moved = "".join(f"      {key}: {value!r}\n" for key, value in
+                    moved_env(api_port, display).items())
+    (tmp_path / "override.yaml").write_text(
+        "services:\n  browser:\n    network_mode: host\n    ports: !reset []\n"
+        f"    environment:\n{moved}")
     project = f"browser-agent-test-{os.getpid()}"
-    env.update(BROWSER_AGENT_IMAGE=images["supervisord"], BROWSER_AGENT_TOKEN_FILE=str(token_file))
-    compose = ("podman-compose", "-p", project, "-f", str(COMPOSE_FILE),
-               "-f", str(tmp_path / "override.yaml"))
-    listed = run("podman", "ps", "-a", "--filter", f"label=io.podman.compose.project={project}",
-                 "--format", "{{.Names}}", env=env, check=False)
+    env.update(BROWSER_AGENT_IMAGE=images["supervisord"],
+               BROWSER_AGENT_TOKEN_FILE=str(token_file))
+    compose = (str(Path(sys.executable).parent / "podman-compose"), "-p", project,
+               "-f", str(COMPOSE_FILE), "-f", str(tmp_path / "override.yaml"))
     target = Deployed("browser-0", "", api_port, display, env, token=token)
     target.started_at = time.monotonic()
     try:

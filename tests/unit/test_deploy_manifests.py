@@ -50,6 +50,8 @@ def test_statefulset_wires_identity_token_and_shm() -> None:
     container = pod["containers"][0]
     env = {e["name"]: e for e in container["env"]}
     assert env["AGENT_BROWSER_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    # The pod's DNS names pass the Host check (names after the browser id, as expanded).
+    assert env["AGENT_ALLOWED_HOSTS"]["value"].startswith("$(AGENT_BROWSER_ID).browsers,")
     # The token comes from a file on a Secret volume, never from the environment.
     assert "AGENT_API_TOKEN" not in env and "AGENT_API_TOKENS" not in env
     assert not any("secretKeyRef" in e.get("valueFrom", {}) for e in container["env"])
