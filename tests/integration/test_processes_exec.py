@@ -207,7 +207,7 @@ async def test_garbage_is_json_400(make_client: MakeClient) -> None:
         {"command": "true", "timeout_sec": "soon"}, {"command": "true", "timeout_sec": 0},
         {"command": ""}, {"command": "tr\0ue"}, {"command": "echo", "args": ["a\0b"]},
         {"command": "true", "env": {"A=B": "x"}}, {"command": "true", "env": {"": "x"}},
-        {"command": "true", "as_root": "yes"}, [], "true",
+        {"command": "true", "as_root": "yes"}, [], "true", None,
     ]
     for body in bad_bodies:
         resp = await client.post("/process/exec", json=body)
