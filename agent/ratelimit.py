@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from agent.appkeys import SETTINGS
-from agent.auth import SCOPE_KEY, bearer_token
+from agent.auth import SCOPE_KEY, bearer_token, query_token
 from agent.errors import RateLimited
 from agent.spec import operation_for
 
@@ -155,10 +155,13 @@ async def rate_limit(request: web.Request, handler: Handler) -> web.StreamRespon
     if klass is None:
         return await handler(request)
     # Only a token the auth middleware accepted names a caller; any other request (no
-    # tokens configured, an open page, a token nobody checked) is its address.
-    token = bearer_token(request) if SCOPE_KEY in request else None
-    if not request.app[SETTINGS].tokens:
-        token = None
+    # tokens configured, an open page, a token nobody checked, a session cookie) is its
+    # address.
+    token = None
+    if SCOPE_KEY in request and request.app[SETTINGS].tokens:
+        token = bearer_token(request)
+        if token is None and op.raw.get("x-websocket"):
+            token = query_token(request)
     decision = limiter.take(klass, limiter.caller(token, request.remote))
     request[HEADERS_KEY] = decision.headers()
     if not decision.allowed:

@@ -22,7 +22,7 @@ from helpers import Chromium, async_wait_until, running_chromium
 from agent.docs.routes import ASSETS, CSP
 from agent.spec import operations
 
-TOKEN = "docs-page-token"
+TOKEN = "docs-page-token-0123456789"
 
 
 @pytest.fixture(scope="module")

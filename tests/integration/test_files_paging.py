@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp.test_utils import TestClient
-from conftest import MakeClient
+from conftest import ADMIN_TOKEN, MakeClient
 from kernel import AsyncKernel
 
 NEXT = re.compile(r'^<(?P<url>[^>]+)>; rel="next"$')
@@ -103,7 +103,7 @@ async def test_the_sdk_lists_ordinary_directories_whole(make_client: MakeClient,
     names = [f"file-{i}" for i in range(2500)]
     make_files(tmp_path / "s", names)
     api = await make_client()
-    sdk = AsyncKernel(api_key="test-admin", base_url=str(api.make_url("")).rstrip("/"),
+    sdk = AsyncKernel(api_key=ADMIN_TOKEN, base_url=str(api.make_url("")).rstrip("/"),
                       max_retries=0, timeout=60)
     async with sdk:
         listing = await sdk.browsers.fs.list_files("b1", path=str(tmp_path / "s"))

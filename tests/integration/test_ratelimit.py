@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp.test_utils import TestClient
-from conftest import READ, WRITE, MakeClient
+from conftest import READ, READ_TOKEN, WRITE, MakeClient
 
 from agent.ratelimit import RATE_LIMITER
 
@@ -105,7 +105,7 @@ async def test_each_token_and_class_has_its_own_bucket(make_client: MakeClient,
     assert resp.status == 403 and "X-RateLimit-Limit" not in resp.headers
     assert (await info(client, str(tmp_path), READ))[0] == 429
     # Buckets are keyed by a digest: the token itself is kept nowhere in the limiter.
-    assert "test-read" not in repr(vars(client.app[RATE_LIMITER]))
+    assert READ_TOKEN not in repr(vars(client.app[RATE_LIMITER]))
 
 
 async def test_process_starts_have_their_own_bucket(make_client: MakeClient) -> None:
