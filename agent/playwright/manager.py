@@ -237,12 +237,21 @@ class PlaywrightManager:
     async def execute(self, code: str, timeout_s: float, name: str | None) -> CallResult:
         if self._closed:
             raise Unavailable("the daemon is stopping")
-        executor = self._executor_for_call(name or DEFAULT)
+        name = name or DEFAULT
+        new = name not in self._executors
+        executor = self._executor_for_call(name)
         exclude = [ex.target_id for ex in self._executors.values()
                    if ex.name != DEFAULT and ex.target_id is not None]
-        # The call's life is the executor's, not the connection's: a client that goes away
-        # does not leave the next call to meet code still running.
-        return await run_to_end(executor.run(code, timeout_s, exclude))
+        try:
+            # The call's life is the executor's, not the connection's: a client that goes
+            # away does not leave the next call to meet code still running.
+            return await run_to_end(executor.run(code, timeout_s, exclude))
+        except AgentError:
+            # An executor whose first call could not even start takes no place in the cap.
+            if new and executor.target_id is None and self._executors.get(name) is executor:
+                del self._executors[name]
+                await executor.close(self._settings.kill_grace_s)
+            raise
 
     # --- listing and deleting -----------------------------------------------------------
 

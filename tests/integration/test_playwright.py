@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from browser_support import serving
 from conftest import TOKENS, MakeClient
-from helpers import Chromium, Xvfb, async_wait_until, running_chromium
+from helpers import Chromium, Xvfb, async_wait_until, cdp_call, running_chromium
 from kernel import AsyncKernel, ConflictError
 from process_helpers import TEST_USER, ensure_user
 
@@ -103,6 +103,33 @@ async def test_navigates_a_local_page_and_returns_its_title(
     assert await chromium.evaluate("document.title") == "Hello-PW"
     front = next(t for t in chromium.http_json("/json/list") if t["type"] == "page")
     assert result.tab is not None and result.tab.target_id == front["id"]
+
+
+async def test_default_executor_follows_the_tab_in_front(api: Client, chromium: Chromium,
+                                                        tidy_tabs: None) -> None:
+    """`page` is the tab Chromium shows: a new foreground tab, then the first one again
+    once Chromium activates it."""
+    first = next(t["id"] for t in chromium.http_json("/json/list") if t["type"] == "page")
+    await chromium.open("<title>first tab</title>")
+    browser = chromium.http_json("/json/version")["webSocketDebuggerUrl"]
+    created = await cdp_call(browser, "Target.createTarget",
+                             {"url": "data:text/html,<title>second tab</title>"})
+    second = created["targetId"]
+
+    async def bound_title() -> str:
+        body = await execute(api, "return await page.title()")
+        assert body["success"], body
+        return f"{body['result']}|{body['tab']['target_id']}"
+
+    await async_wait_until(lambda: _is(bound_title(), f"second tab|{second}"),
+                           timeout=WAIT, what="the new tab to be bound")
+    await cdp_call(browser, "Target.activateTarget", {"targetId": first})
+    await async_wait_until(lambda: _is(bound_title(), f"first tab|{first}"),
+                           timeout=WAIT, what="the first tab to be bound again")
+
+
+async def _is(value: Any, expected: Any) -> bool:
+    return bool(await value == expected)
 
 
 async def test_typescript_with_types_and_interfaces(api: Client) -> None:
@@ -480,6 +507,22 @@ async def test_workers_stop_with_the_daemon(make_client: MakeClient, xvfb: Xvfb,
     assert len(worker_pids(name)) == 1
     await api.close()
     assert worker_pids(name) == []
+
+
+async def test_a_worker_that_cannot_start_is_a_clear_503(
+        make_client: MakeClient, xvfb: Xvfb, chromium: Chromium, browser_user: str) -> None:
+    api = await make_client(display=xvfb.name, cdp_address=chromium.address,
+                            default_user=browser_user, node_program="no-such-node-binary")
+    resp = await api.post("/playwright/execute", json={"code": "return 1", "executor": "n1"})
+    body = await resp.json()
+    assert resp.status == 503
+    assert body["code"] == "playwright_unavailable" and "no-such-node-binary" in body["message"]
+    # It took no place among the executors, and /health says what is missing.
+    listing = await (await api.get("/playwright/executors")).json()
+    assert [ex["name"] for ex in listing["executors"]] == ["default"]
+    health = await (await api.get("/health")).json()
+    assert health["playwright"]["ok"] is False
+    assert "no-such-node-binary" in health["playwright"]["error"]
 
 
 async def test_health_reports_the_workers(api: Client) -> None:
