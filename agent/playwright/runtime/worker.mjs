@@ -48,6 +48,9 @@ const targetIds = new WeakMap(); // Page → CDP target id
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
+let attempted; // resolves once the first connection attempt is over, either way
+const firstAttempt = new Promise((resolve) => { attempted = resolve; });
+
 async function connectLoop() {
   let delay = 50;
   for (;;) {
@@ -62,9 +65,11 @@ async function connectLoop() {
       });
       browser = connected;
       lastError = '';
+      attempted();
       return connected;
     } catch (error) {
       lastError = String(error?.message ?? error).split('\n')[0];
+      attempted();
       await sleep(delay);
       delay = Math.min(delay * 2, 500);
     }
@@ -400,5 +405,7 @@ channel.on('data', (chunk) => {
 channel.on('end', () => process.exit(0));
 channel.on('error', () => process.exit(0));
 
+// Ready once warm: connected, or Chromium did not answer the first attempt (it may be
+// restarting; calls wait for the background reconnection within their timeout).
 ensureConnecting();
-send({ op: 'ready' });
+firstAttempt.then(() => send({ op: 'ready' }));
