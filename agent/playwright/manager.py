@@ -101,8 +101,8 @@ class Executor:
         finally:
             self.queued -= 1
         try:
-            if self.deleted:
-                raise NotFound(f"executor {self.name!r} was deleted")
+            if self.deleted:  # while this call waited its turn
+                return CallResult(success=False, error=f"the executor {self.name!r} was deleted")
             self.last_used_at = datetime.now(UTC)
             worker = await self.worker_ready()
             result = await worker.run(code, timeout_s, exclude)

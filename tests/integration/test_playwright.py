@@ -22,6 +22,8 @@ from helpers import Chromium, Xvfb, async_wait_until, cdp_call, running_chromium
 from kernel import AsyncKernel, ConflictError
 from process_helpers import TEST_USER, ensure_user
 
+from agent.playwright.routes import MANAGER
+
 BROWSER = "this-browser"
 WAIT = 30.0
 
@@ -392,6 +394,35 @@ async def test_deleting_a_busy_executor_fails_its_call(api: Client) -> None:
     assert resp.status == 204
     body = await asyncio.wait_for(running, WAIT)
     assert body["success"] is False and "deleted" in body["error"], body
+
+
+async def test_waiting_calls_are_bounded(api: Client) -> None:
+    await execute(api, "return 0", executor="queue")
+    blocker = asyncio.create_task(execute(api, "await new Promise(() => {})",
+                                          executor="queue"))
+
+    async def busy() -> bool:
+        listing = await (await api.get("/playwright/executors")).json()
+        return any(ex["name"] == "queue" and ex["busy"] for ex in listing["executors"])
+
+    await async_wait_until(busy, timeout=WAIT, what="the blocking call to start")
+    waiting = [asyncio.create_task(execute(api, "return 1", executor="queue"))
+               for _ in range(16)]
+    manager = api.app[MANAGER]
+
+    def all_waiting() -> bool:
+        executor = manager._executors["queue"]
+        return executor.queued == 16
+
+    await async_wait_until(all_waiting, timeout=WAIT, what="16 calls to wait")
+    resp = await api.post("/playwright/execute", json={"code": "return 1", "executor": "queue"})
+    body = await resp.json()
+    assert resp.status == 429 and body["code"] == "executor_busy", body
+    assert resp.headers["Retry-After"] == "1"
+    # Deleting the executor fails the running call and every waiting one.
+    assert (await api.delete("/playwright/executors/queue")).status == 204
+    results = await asyncio.wait_for(asyncio.gather(blocker, *waiting), WAIT)
+    assert all(r["success"] is False and "deleted" in r["error"] for r in results), results
 
 
 async def test_restarting_the_default_executor(api: Client) -> None:
