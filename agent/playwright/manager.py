@@ -119,11 +119,8 @@ class Executor:
             self._lock.release()
 
     async def stop(self, reason: str) -> None:
-        """Kill the worker now (a call running on it fails with `reason`)."""
-        warming = self._warming
-        if warming is not None and not warming.done():
-            with contextlib.suppress(asyncio.CancelledError, AgentError):
-                await warming
+        """Kill the worker now, started or starting (a call running on it fails with
+        `reason`)."""
         if self.worker is not None:
             await self.worker.kill(reason)
 
@@ -204,6 +201,13 @@ class PlaywrightManager:
     def start(self) -> None:
         if self._settings.playwright_prewarm:
             self._executors[DEFAULT].warm()
+
+    async def begin_shutdown(self) -> None:
+        """Before the daemon waits for open requests: running calls end now (their
+        workers are stopped) instead of running on to their timeouts."""
+        self._closed = True
+        await asyncio.gather(*(ex.stop("the daemon is stopping")
+                               for ex in self._executors.values()))
 
     async def close(self) -> None:
         self._closed = True

@@ -56,6 +56,10 @@ def _cursor(raw: Any) -> int | None:
                          details=[field_error("cursor", "is not a cursor of this list")]) from None
 
 
+async def _begin_shutdown(app: web.Application) -> None:
+    await app[MANAGER].begin_shutdown()
+
+
 async def _manager_lifetime(app: web.Application) -> AsyncIterator[None]:
     app[MANAGER].start()
     yield
@@ -71,4 +75,5 @@ def setup(app: web.Application) -> None:
 
     app[HEALTH_PROBES]["playwright"] = playwright_probe
     app.router.add_routes(routes)
+    app.on_shutdown.append(_begin_shutdown)
     app.cleanup_ctx.append(_manager_lifetime)
