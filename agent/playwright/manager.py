@@ -105,7 +105,7 @@ class Executor:
                 return CallResult(success=False, error=f"the executor {self.name!r} was deleted")
             self.last_used_at = datetime.now(UTC)
             worker = await self.worker_ready()
-            result = await worker.run(code, timeout_s, exclude)
+            result = await worker.run(code, timeout_s, exclude, self.target_id)
             if worker.state == "dead":
                 if self.deleted:
                     result.error = f"the executor {self.name!r} was deleted"

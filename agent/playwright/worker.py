@@ -90,6 +90,7 @@ class _Call:
     out: dict[str, list[str]] = field(default_factory=lambda: {"stdout": [], "stderr": []})
     sizes: dict[str, int] = field(default_factory=lambda: {"stdout": 0, "stderr": 0})
     cut: dict[str, bool] = field(default_factory=lambda: {"stdout": False, "stderr": False})
+    tab: dict[str, Any] | None = None  # the tab `page` was bound to, once it is
 
     def add(self, stream: str, data: str) -> None:
         if stream not in self.out:
@@ -105,6 +106,7 @@ class _Call:
             self.sizes[stream] += len(encoded)
 
     def result(self, **fields: Any) -> CallResult:
+        fields.setdefault("tab", self.tab)
         return CallResult(stdout="".join(self.out["stdout"]), stderr="".join(self.out["stderr"]),
                           stdout_truncated=self.cut["stdout"], stderr_truncated=self.cut["stderr"],
                           **fields)
@@ -200,6 +202,8 @@ class Worker:
             return
         if op == "out":
             call.add(str(message.get("stream")), str(message.get("data", "")))
+        elif op == "tab" and isinstance(message.get("tab"), dict):
+            call.tab = message["tab"]
         elif op == "done" and not call.done.done():
             call.done.set_result(message)
 
@@ -239,7 +243,8 @@ class Worker:
         if self._writer is not None:
             self._writer.close()
 
-    async def run(self, code: str, timeout_s: float, exclude: list[str]) -> CallResult:
+    async def run(self, code: str, timeout_s: float, exclude: list[str],
+                  target_id: str | None = None) -> CallResult:
         """Run the user's code; on overrun kill the worker (its session) and say so."""
         if self.state != "ready" or self._writer is None:
             raise _WorkerGone(self.stop_reason or "the worker is not running")
@@ -251,7 +256,7 @@ class Worker:
         # The worker gives up waiting for Chromium a little before the daemon's deadline.
         deadline_ms = int((time.time() + max(timeout_s - 0.25, 0.1)) * 1000)
         message = {"id": call.id, "op": "run", "code": code, "deadline_ms": deadline_ms,
-                   "exclude": exclude}
+                   "exclude": exclude, "target_id": target_id}
         try:
             self._writer.write(json.dumps(message).encode() + b"\n")
             try:
@@ -281,7 +286,7 @@ class Worker:
             result=reply.get("result"),
             has_result="result" in reply,
             error=reply.get("error"),
-            tab=reply.get("tab"),
+            tab=reply.get("tab") or call.tab,
         )
 
     async def kill(self, reason: str) -> None:

@@ -341,6 +341,19 @@ async def test_executor_tabs_listing_and_deletion(sdk: AsyncKernel, api: Client,
     assert resp.status == 404
 
 
+async def test_a_named_executor_keeps_its_tab_across_a_timeout(api: Client) -> None:
+    first = await execute(api, "await page.goto('data:text/html,<title>kept</title>')",
+                          executor="sticky")
+    tab = first["tab"]["target_id"]
+    body = await execute(api, "while (true) {}", executor="sticky", timeout_sec=1)
+    assert body["success"] is False and "timed out" in body["error"]
+    assert body["tab"] == {"created": False, "target_id": tab}  # bound before it overran
+    # The replacement worker takes over the same tab.
+    body = await execute(api, "return await page.title()", executor="sticky")
+    assert body["result"] == "kept"
+    assert body["tab"] == {"created": False, "target_id": tab}
+
+
 async def test_deleting_keeps_the_tab_when_asked(api: Client, chromium: Chromium) -> None:
     body = await execute(api, "return 1", executor="keeper")
     tab = body["tab"]["target_id"]

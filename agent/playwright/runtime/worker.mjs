@@ -6,8 +6,10 @@
 // It holds one Playwright connection to Chromium (connectOverCDP, reconnecting in the
 // background when Chromium restarts) and speaks newline-delimited JSON with the daemon over
 // the inherited socket N (never stdout, which user code may write to):
-//   daemon → worker  {"id", "op": "run", "code", "deadline_ms", "exclude": [target ids]}
+//   daemon → worker  {"id", "op": "run", "code", "deadline_ms", "exclude": [target ids],
+//                     "target_id"?: the executor's tab, for a worker that replaced another}
 //   worker → daemon  {"op": "ready"}
+//                    {"op": "tab", "id", "tab": {"created", "target_id"}}
 //                    {"op": "out", "id", "stream": "stdout"|"stderr", "data"}
 //                    {"op": "done", "id", "success", "result"?, "error"?, "tab"?,
 //                     "unavailable"?, "truncated": {"stdout", "stderr"}}
@@ -160,10 +162,18 @@ async function frontPage(connected, exclude) {
   return { page, created: true, targetId: await targetIdOf(page) };
 }
 
-// A named executor: its own background tab in the default context, opened on first use.
-async function executorPage(connected) {
+// A named executor: its own background tab in the default context, opened on first use;
+// a worker that replaces a stopped one takes over the tab the executor already has.
+async function executorPage(connected, adopt) {
   if (ownPage && !ownPage.isClosed()) {
     return { page: ownPage, created: false, targetId: await targetIdOf(ownPage) };
+  }
+  if (adopt) {
+    const page = (await pagesById(connected)).get(adopt);
+    if (page && !page.isClosed()) {
+      ownPage = page;
+      return { page, created: false, targetId: adopt };
+    }
   }
   const context = connected.contexts()[0];
   const seen = [];
@@ -329,13 +339,14 @@ async function run(message) {
     const connected = await connectedBrowser(message.deadline_ms);
     tab = EXECUTOR === 'default'
       ? await frontPage(connected, message.exclude ?? [])
-      : await executorPage(connected);
+      : await executorPage(connected, message.target_id);
   } catch (error) {
     if (error instanceof Unavailable) return report(call, { unavailable: error.message });
     userConsole.error(userStack(error, null));
     return report(call, { success: false, error: `could not bind a page: ${error.message}` });
   }
   const tabInfo = { created: tab.created, target_id: tab.targetId };
+  send({ op: 'tab', id: call.id, tab: tabInfo }); // known to the daemon even if the call overruns
   let value;
   try {
     const fn = entry.script.runInThisContext();
