@@ -26,9 +26,9 @@ from agent.processes.launch import DEFAULT_PATH, Identity
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 30.0
-# A reply line holds at most the result (capped in the worker) plus its JSON framing.
+# A line from the worker holds at most the result (capped, as JSON, in the worker) or one
+# piece of output (capped in the worker, up to 6x longer once escaped as JSON).
 RESULT_CAP = 8 << 20
-LINE_LIMIT = RESULT_CAP + (1 << 20)
 
 
 @dataclass(frozen=True)
@@ -161,8 +161,9 @@ class Worker:
         finally:
             theirs.close()
         self.child = Child(popen)
+        line_limit = max(RESULT_CAP, 6 * self.runtime.output_cap) + (1 << 20)
         self._reader, self._writer = await asyncio.open_unix_connection(
-            sock=ours, limit=LINE_LIMIT)
+            sock=ours, limit=line_limit)
         assert popen.stdout is not None
         self._tasks = [
             asyncio.create_task(self._read_channel(self._reader), name="playwright-channel"),
@@ -247,7 +248,9 @@ class Worker:
                   target_id: str | None = None) -> CallResult:
         """Run the user's code; on overrun kill the worker (its session) and say so."""
         if self.state != "ready" or self._writer is None:
-            raise _WorkerGone(self.stop_reason or "the worker is not running")
+            raise Unavailable(f"the Playwright worker stopped before the call could start "
+                              f"({self.stop_reason or 'not running'})",
+                              code="playwright_unavailable")
         self._next_id += 1
         loop = asyncio.get_running_loop()
         call = _Call(self._next_id, self.runtime.output_cap, loop.create_future())

@@ -194,6 +194,15 @@ async def test_output_is_capped_and_flagged(make_client: MakeClient, xvfb: Xvfb,
     assert "stderr_truncated" not in body
 
 
+async def test_large_output_and_results(api: Client) -> None:
+    body = await execute(api, "console.log('\\u0001'.repeat(3 << 20)); return 'x'.repeat(1 << 20)")
+    assert body["success"] is True
+    assert len(body["stdout"]) == 1 << 20 and body["stdout_truncated"] is True
+    assert body["result"] == "x" * (1 << 20)
+    body = await execute(api, "return 'x'.repeat(9 << 20)")
+    assert body["success"] is False and "limit" in body["error"], body["error"][:200]
+
+
 @pytest.mark.parametrize(("code", "where"), [
     ("return page", "result is a Page"),
     ("return { n: 10n }", "result.n is a BigInt"),
