@@ -30,6 +30,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from helpers import free_port, running_chromium, running_xvfb, wait_until
+from playwright_support import runtime_dir_for
 from process_helpers import ensure_user
 
 REPO = Path(__file__).resolve().parent.parent
@@ -130,7 +131,7 @@ def main() -> None:
                 "--cdp-address", chromium.address, "--api-token", TOKEN,
                 "--cdp-proxy-port", "0", "--log-level", "warning", "--playwright-prewarm", "1"]
         if user:
-            argv += ["--default-user", user]
+            argv += ["--default-user", user, "--playwright-dir", runtime_dir_for(user)]
         daemon = subprocess.Popen(argv, cwd=REPO)
         try:
             base = f"http://127.0.0.1:{port}"

@@ -29,7 +29,7 @@ from agent.errors import (
     Unavailable,
     field_error,
 )
-from agent.playwright.worker import CallResult, Runtime, Worker, identity_for
+from agent.playwright.worker import CallResult, Runtime, Worker, identity_for, readable_by
 
 log = logging.getLogger(__name__)
 
@@ -193,8 +193,13 @@ class PlaywrightManager:
             raise Unavailable(f"Playwright is not available: {missing}",
                               code="playwright_unavailable")
         node = shutil.which(self._settings.node_program) or self._settings.node_program
-        runtime = Runtime(node, self._dir, self._settings.cdp_address,
-                          identity_for(self._settings.default_user),
+        identity = identity_for(self._settings.default_user)
+        script = self._dir / "worker.mjs"
+        if identity.switch and not readable_by(script, identity):
+            raise Unavailable(f"{identity.name} (the browser's user, whom Playwright code runs "
+                              f"as) cannot read {script}: set AGENT_PLAYWRIGHT_DIR to a copy "
+                              "of that directory it can read", code="playwright_unavailable")
+        runtime = Runtime(node, self._dir, self._settings.cdp_address, identity,
                           self._settings.playwright_output_cap)
         return Worker(runtime, name)
 

@@ -357,3 +357,24 @@ def identity_for(default_user: str | None) -> Identity:
     groups = tuple(os.getgrouplist(entry.pw_name, entry.pw_gid)) if switch else ()
     return Identity(entry.pw_name, entry.pw_uid, entry.pw_gid, groups, entry.pw_dir,
                     entry.pw_shell or "/bin/sh", switch)
+
+
+def readable_by(path: Path, ident: Identity) -> bool:
+    """Whether `ident` may read `path` (every directory above it searchable, the file
+    readable), from the permission bits: the daemon may be root, so os.access says little."""
+    if ident.uid == 0:
+        return True
+    groups = {ident.gid, *ident.groups}
+
+    def allows(target: Path, bit: int) -> bool:
+        try:
+            st = target.stat()
+        except OSError:
+            return False
+        if st.st_uid == ident.uid:
+            return bool(st.st_mode & (bit << 6))
+        if st.st_gid in groups:
+            return bool(st.st_mode & (bit << 3))
+        return bool(st.st_mode & bit)
+
+    return all(allows(parent, 1) for parent in path.parents) and allows(path, 4)

@@ -23,6 +23,7 @@ import pytest
 import schemathesis
 from helpers import Chromium, Supervisord, Xvfb, free_port, running_supervisord, wait_until
 from hypothesis import HealthCheck, settings
+from playwright_support import runtime_dir_for
 from process_helpers import TEST_USER, ensure_user
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -105,9 +106,10 @@ def daemon(xvfb: Xvfb, chromium: Chromium, supervisor: Supervisord,
            scratch: str) -> Iterator[str]:
     port = free_port()
     ensure_user()  # the browser user: Playwright code never runs as root
+    playwright_dir = runtime_dir_for(TEST_USER)
     proc = subprocess.Popen(
         [sys.executable, "-m", "agent", "--port", str(port), "--display", xvfb.name,
-         "--default-user", TEST_USER,
+         "--default-user", TEST_USER, "--playwright-dir", playwright_dir,
          "--cdp-address", chromium.address, "--api-token", TOKEN,
          "--cdp-proxy-port", "0", "--supervisor-socket", supervisor.socket,
          "--extensions-dir", f"{scratch}/extensions", "--log-level", "warning"],

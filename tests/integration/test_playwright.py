@@ -20,6 +20,7 @@ from browser_support import serving
 from conftest import TOKENS, MakeClient
 from helpers import Chromium, Xvfb, async_wait_until, cdp_call, running_chromium
 from kernel import AsyncKernel, ConflictError
+from playwright_support import runtime_dir_for
 from process_helpers import TEST_USER, ensure_user
 
 from agent.playwright.routes import MANAGER
@@ -37,6 +38,13 @@ def browser_user() -> str:
 
 
 @pytest.fixture
+def pw(xvfb: Xvfb, chromium: Chromium, browser_user: str) -> dict[str, Any]:
+    """Settings of a daemon whose Playwright code runs as the tests' browser user."""
+    return {"display": xvfb.name, "cdp_address": chromium.address,
+            "default_user": browser_user, "playwright_dir": runtime_dir_for(browser_user)}
+
+
+@pytest.fixture
 def tidy_tabs(chromium: Chromium) -> Iterator[None]:
     """Tabs a test opened are closed after it: other tests drive the first page target."""
     before = {t["id"] for t in chromium.http_json("/json/list") if t["type"] == "page"}
@@ -50,10 +58,8 @@ def tidy_tabs(chromium: Chromium) -> Iterator[None]:
 
 
 @pytest.fixture
-async def api(make_client: MakeClient, xvfb: Xvfb, chromium: Chromium, browser_user: str,
-              tidy_tabs: None) -> Client:
-    return await make_client(display=xvfb.name, cdp_address=chromium.address,
-                             default_user=browser_user)
+async def api(make_client: MakeClient, pw: dict[str, Any], tidy_tabs: None) -> Client:
+    return await make_client(**pw)
 
 
 @pytest.fixture
@@ -181,10 +187,9 @@ async def test_console_output_goes_to_stdout_and_stderr(api: Client) -> None:
     assert "stdout_truncated" not in body
 
 
-async def test_output_is_capped_and_flagged(make_client: MakeClient, xvfb: Xvfb,
-                                            chromium: Chromium, browser_user: str) -> None:
-    api = await make_client(display=xvfb.name, cdp_address=chromium.address,
-                            default_user=browser_user, playwright_output_cap=100)
+async def test_output_is_capped_and_flagged(make_client: MakeClient, pw: dict[str, Any]
+                                            ) -> None:
+    api = await make_client(**pw, playwright_output_cap=100)
     body = await execute(api, "for (let i = 0; i < 50; i++) console.log('x'.repeat(10)); "
                               "console.error('short'); return 1")
     assert body["success"] is True
@@ -463,10 +468,9 @@ async def test_restarting_the_default_executor(api: Client) -> None:
     assert (await execute(api, "return 3"))["result"] == 3
 
 
-async def test_executor_cap(make_client: MakeClient, xvfb: Xvfb, chromium: Chromium,
-                            browser_user: str, tidy_tabs: None) -> None:
-    api = await make_client(display=xvfb.name, cdp_address=chromium.address,
-                            default_user=browser_user, playwright_max_executors=2)
+async def test_executor_cap(make_client: MakeClient, pw: dict[str, Any],
+                            tidy_tabs: None) -> None:
+    api = await make_client(**pw, playwright_max_executors=2)
     await execute(api, "return 1", executor="one")
     await execute(api, "return 1", executor="two")
     resp = await api.post("/playwright/execute", json={"code": "return 1", "executor": "three"})
@@ -489,10 +493,9 @@ async def test_executor_cap(make_client: MakeClient, xvfb: Xvfb, chromium: Chrom
 
 
 async def test_a_call_after_chromium_was_killed_and_restarted(
-        make_client: MakeClient, xvfb: Xvfb, browser_user: str) -> None:
+        make_client: MakeClient, xvfb: Xvfb, pw: dict[str, Any]) -> None:
     with running_chromium(xvfb.name, 1280, 800) as own:
-        api = await make_client(display=xvfb.name, cdp_address=own.address,
-                                default_user=browser_user)
+        api = await make_client(**{**pw, "cdp_address": own.address})
         first = await execute(api, "return await page.evaluate(() => 40 + 2)")
         assert first["result"] == 42
         assert own.proc is not None
@@ -506,13 +509,12 @@ async def test_a_call_after_chromium_was_killed_and_restarted(
 
 
 async def test_user_code_runs_as_the_browser_user_with_a_clean_environment(
-        make_client: MakeClient, xvfb: Xvfb, chromium: Chromium, browser_user: str,
+        make_client: MakeClient, pw: dict[str, Any], browser_user: str,
         monkeypatch: pytest.MonkeyPatch) -> None:
     secret = "env-secret-token-value"
     monkeypatch.setenv("AGENT_API_TOKEN", secret)
     monkeypatch.setenv("AGENT_SOMETHING", "daemon-only")
-    api = await make_client(display=xvfb.name, cdp_address=chromium.address,
-                            default_user=browser_user)
+    api = await make_client(**pw)
     body = await execute(api, "return { uid: process.getuid(), env: { ...process.env } }")
     assert body["success"], body
     assert body["result"]["uid"] == ensure_user().pw_uid
@@ -550,11 +552,9 @@ def worker_pids(executor: str) -> list[int]:
     return pids
 
 
-async def test_workers_stop_with_the_daemon(make_client: MakeClient, xvfb: Xvfb,
-                                            chromium: Chromium, browser_user: str,
+async def test_workers_stop_with_the_daemon(make_client: MakeClient, pw: dict[str, Any],
                                             tidy_tabs: None) -> None:
-    api = await make_client(display=xvfb.name, cdp_address=chromium.address,
-                            default_user=browser_user)
+    api = await make_client(**pw)
     name = f"stray-{os.getpid()}"
     await execute(api, "return 1", executor=name)
     assert len(worker_pids(name)) == 1
@@ -563,9 +563,8 @@ async def test_workers_stop_with_the_daemon(make_client: MakeClient, xvfb: Xvfb,
 
 
 async def test_a_worker_that_cannot_start_is_a_clear_503(
-        make_client: MakeClient, xvfb: Xvfb, chromium: Chromium, browser_user: str) -> None:
-    api = await make_client(display=xvfb.name, cdp_address=chromium.address,
-                            default_user=browser_user, node_program="no-such-node-binary")
+        make_client: MakeClient, pw: dict[str, Any]) -> None:
+    api = await make_client(**pw, node_program="no-such-node-binary")
     resp = await api.post("/playwright/execute", json={"code": "return 1", "executor": "n1"})
     body = await resp.json()
     assert resp.status == 503
