@@ -305,12 +305,15 @@ async def test_two_executors_run_concurrently(api: Client) -> None:
 
 
 async def test_one_executor_runs_its_calls_in_order(api: Client) -> None:
+    """Calls on one executor run one at a time, in the order they arrived."""
     await execute(api, "return 0", executor="solo")
-    tasks = []
-    for index in range(3):
-        tasks.append(asyncio.create_task(
-            execute(api, SPAN % 300 + f"// call {index}", executor="solo")))
-        await asyncio.sleep(0.05)  # arrival order
+    executor = api.app[MANAGER]._executors["solo"]
+    tasks = [asyncio.create_task(execute(api, SPAN % 300, executor="solo"))]
+    await async_wait_until(lambda: executor.busy, timeout=WAIT, what="the first call")
+    for waiting in (1, 2):  # each arrives once the one before is queued
+        tasks.append(asyncio.create_task(execute(api, SPAN % 300, executor="solo")))
+        await async_wait_until(lambda n=waiting: executor.queued == n, timeout=WAIT,
+                               what=f"{waiting} calls waiting")
     results = [(await asyncio.wait_for(task, WAIT))["result"] for task in tasks]
     for earlier, later in itertools.pairwise(results):
         assert earlier["ended"] <= later["started"], results
