@@ -35,7 +35,7 @@ from process_helpers import ensure_user
 
 REPO = Path(__file__).resolve().parent.parent
 
-TOKEN = "bench-token"
+TOKEN = "bench-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 RUNTIME = REPO / "agent" / "playwright" / "runtime"
 

@@ -16,7 +16,7 @@ log() { echo "chromium-launch: $*"; }
 
 # The browser never sees the daemon's secrets, and gets the usual identity variables
 # (supervisord changes the user, not the environment).
-unset AGENT_API_TOKEN AGENT_API_TOKENS
+unset AGENT_API_TOKEN AGENT_API_TOKENS AGENT_API_TOKEN_FILE AGENT_API_TOKENS_FILE
 me=$(id -un)
 home=$(getent passwd "$me" | cut -d: -f6)
 export HOME="${home:-$HOME}" USER="$me" LOGNAME="$me" DISPLAY="$AGENT_DISPLAY"

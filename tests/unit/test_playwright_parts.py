@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.playwright.worker import readable_by
+from agent.errors import Unavailable
+from agent.playwright.worker import identity_for, readable_by
 from agent.processes.launch import Identity
 
 SOMEONE = Identity("someone", 54321, 54321, (), "/nonexistent", "/bin/sh", True)
@@ -56,3 +57,13 @@ def test_readable_by_its_owner_and_group(public_tmp: Path) -> None:
     assert readable_by(script, SOMEONE)
     script.chmod(0o400)
     assert not readable_by(script, SOMEONE)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only a root daemon switches users")
+def test_user_code_never_runs_as_root() -> None:
+    """Besides the daemon's own refusal to start as root without a browser user."""
+    for user in (None, "", "root"):
+        with pytest.raises(Unavailable, match=r"root|AGENT_DEFAULT_USER"):
+            identity_for(user)
+    with pytest.raises(Unavailable, match="does not exist"):
+        identity_for("no-such-user-xyz")
