@@ -6,12 +6,13 @@ BIN := $(VENV)/bin
 NODE_DIR := tests/node
 WEB_DIR := web
 SWAGGER_UI := agent/docs/vendor/swagger-ui
+PLAYWRIGHT_DIR := agent/playwright/runtime
 
-.PHONY: all setup system venv node-deps docs-assets run test lint unit integration security image-test bench image clean
+.PHONY: all setup system venv node-deps docs-assets playwright-deps run test lint unit integration security image-test bench image clean
 
 all: test
 
-setup: system venv docs-assets
+setup: system venv docs-assets playwright-deps
 
 system:
 	bash scripts/setup-system.sh
@@ -41,6 +42,13 @@ $(SWAGGER_UI)/.installed: $(WEB_DIR)/package.json $(WEB_DIR)/package-lock.json
 	rm -rf $(SWAGGER_UI) && mkdir -p $(SWAGGER_UI)
 	cp $(addprefix $(WEB_DIR)/node_modules/swagger-ui-dist/,swagger-ui-bundle.js swagger-ui-bundle.js.LICENSE.txt swagger-ui.css LICENSE NOTICE) $(SWAGGER_UI)/
 	node -p 'require("./$(WEB_DIR)/node_modules/swagger-ui-dist/package.json").version' > $(SWAGGER_UI)/VERSION
+	touch $@
+
+# playwright-core (no browser download) and esbuild for POST /playwright/execute
+playwright-deps: $(PLAYWRIGHT_DIR)/node_modules/.package-lock.json
+
+$(PLAYWRIGHT_DIR)/node_modules/.package-lock.json: $(PLAYWRIGHT_DIR)/package.json $(PLAYWRIGHT_DIR)/package-lock.json
+	npm ci --prefix $(PLAYWRIGHT_DIR) --no-audit --no-fund
 	touch $@
 
 run: setup
@@ -73,9 +81,10 @@ bench: setup
 	$(BIN)/python bench/files.py
 	$(BIN)/python bench/processes.py
 	$(BIN)/python bench/browser.py
+	$(BIN)/python bench/playwright.py
 
 image: setup
 	bash images/build.sh
 
 clean:
-	rm -rf $(VENV) $(NODE_DIR)/node_modules $(WEB_DIR)/node_modules $(SWAGGER_UI) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(NODE_DIR)/node_modules $(WEB_DIR)/node_modules $(SWAGGER_UI) $(PLAYWRIGHT_DIR)/node_modules .pytest_cache .mypy_cache .ruff_cache
