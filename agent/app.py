@@ -14,15 +14,18 @@ from typing import Any
 from aiohttp import web
 
 from agent import __version__
-from agent.appkeys import HEALTH_PROBES, SETTINGS
-from agent.auth import SCOPE_KEY, authenticate, bearer_token, has_scope
+from agent.appkeys import HEALTH_PROBES, RESIZE_GUARDS, SESSIONS, SETTINGS
+from agent.auth import SCOPE_KEY, authenticate, bearer_token, has_scope, session_scope
 from agent.browser import routes as browser_routes
 from agent.computer import routes as computer_routes
 from agent.config import Settings
+from agent.display import routes as display_routes
 from agent.errors import AgentError, Forbidden, InternalError, NotFound
 from agent.files import routes as files_routes
+from agent.live import routes as live_routes
 from agent.logs import routes as logs_routes
 from agent.processes import routes as processes_routes
+from agent.sessions import SessionStore
 from agent.spec import ALIAS_PREFIX, operation_for, spec_json, spec_text
 
 __all__ = ["SETTINGS", "create_app"]
@@ -35,7 +38,8 @@ _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _STATUS_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-SLICES = (computer_routes, files_routes, processes_routes, logs_routes, browser_routes)
+SLICES = (computer_routes, files_routes, processes_routes, logs_routes, browser_routes,
+          live_routes, display_routes)
 
 
 def error_response(exc: AgentError, request_id: str | None = None) -> web.Response:
@@ -108,7 +112,9 @@ async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     op = operation_for(request)
     needed = op.scope if op is not None else "admin"
     if needed != "none":
-        granted = authenticate(request, settings.tokens, bearer_token(request))
+        token = bearer_token(request)
+        cookie = session_scope(request, request.app[SESSIONS]) if token is None else None
+        granted = cookie or authenticate(request, settings.tokens, token)
         if not has_scope(granted, needed):
             raise Forbidden(f"{request.method} {request.path} needs the {needed} scope; "
                             f"this token has {granted}")
@@ -165,6 +171,8 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[HEALTH_PROBES] = {}  # the computer and browser slices add display and devtools
+    app[SESSIONS] = SessionStore()
+    app[RESIZE_GUARDS] = []
     app.on_response_prepare.append(_add_request_id)
     app.router.add_get("/health", health)
     app.router.add_get("/spec.yaml", get_spec_yaml)

@@ -8,6 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from agent.config import Settings
+from agent.sessions import SessionStore
 
 SETTINGS = web.AppKey("settings", Settings)
 
@@ -15,3 +16,12 @@ SETTINGS = web.AppKey("settings", Settings)
 # component (the X display, the DevTools connection) adds the probe reporting its state.
 HealthProbe = Callable[[], Awaitable[dict[str, Any]]]
 HEALTH_PROBES = web.AppKey("health_probes", dict[str, HealthProbe])
+
+# Browser sessions of the daemon's own pages (sessions.py): minted by /live/links, accepted
+# by the auth middleware as a cookie.
+SESSIONS = web.AppKey("sessions", SessionStore)
+
+# Checks run before the X screen changes size: each returns None, or why not now (409).
+# A slice whose work cannot follow a resize (a replay recording) adds one.
+ResizeGuard = Callable[[], str | None]
+RESIZE_GUARDS = web.AppKey("resize_guards", list[ResizeGuard])

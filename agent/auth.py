@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from aiohttp import web
 
 from agent.errors import Forbidden, Unauthorized
+from agent.sessions import COOKIE_NAME, SessionStore
 
 RANK = {"read": 1, "write": 2, "admin": 3}
 SCOPE_KEY = web.RequestKey("scope", str)
@@ -37,6 +38,25 @@ def bearer_token(request: web.Request) -> str | None:
     if request.headers.get("Upgrade", "").lower() == "websocket":
         return request.query.get("token") or None
     return None
+
+
+def same_origin(request: web.Request) -> bool:
+    """Whether a browser request comes from the daemon's own pages: no foreign Origin, and
+    no cross-origin fetch metadata (a page on another port of the same host is same-site,
+    so SameSite=Strict alone would let it send the cookie)."""
+    origin = request.headers.get("Origin")
+    if origin is not None and origin != f"{request.scheme}://{request.host}":
+        return False
+    return request.headers.get("Sec-Fetch-Site", "same-origin") in ("same-origin", "none")
+
+
+def session_scope(request: web.Request, sessions: SessionStore) -> str | None:
+    """The scope of the request's session cookie (sessions.py), for same-origin requests."""
+    session_id = request.cookies.get(COOKIE_NAME)
+    if not session_id or not same_origin(request):
+        return None
+    session = sessions.lookup(session_id)
+    return session.scope if session is not None else None
 
 
 def authenticate(request: web.Request, tokens: Mapping[str, str], token: str | None) -> str:

@@ -21,6 +21,7 @@ from agent.computer.display import XConnection
 from agent.computer.input import InputSession, input_factory
 from agent.computer.screen import (
     CaptureSession,
+    DamageGrab,
     Region,
     Shot,
     ShotRequest,
@@ -271,6 +272,12 @@ class Computer:
         except AgentError:
             pass  # the display is gone: nothing to release
         release_free_memory()
+
+    async def grab_damage(self, full: bool = False) -> DamageGrab:
+        """For the live view: what was drawn since its previous grab (screen.py)."""
+        grab = await self.reads.run(lambda s: s.grab_damage(full))
+        self._trim_later()
+        return grab
 
     async def display_ok(self) -> None:
         """Raises DisplayUnavailable unless the X server answers a round trip."""

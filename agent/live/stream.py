@@ -1,0 +1,286 @@
+"""The live view's frame stream: damage-driven tiles, latest state per viewer.
+
+One *hub* runs while at least one viewer is connected. Each tick it asks the computer's
+read connection for the areas X DAMAGE saw drawn on (screen.py, the same capture path as
+screenshots), diffs them against its own copy of the screen in 64-row bands, and marks the
+bands that really changed on every viewer. A viewer keeps, per band, only the bounding box
+of what changed there since its last frame: its backlog is bounded by the screen, never by
+time. It sends a frame (the marked boxes as JPEG tiles, cut from the hub's current copy)
+only when fewer than MAX_IN_FLIGHT of its frames are unacknowledged, so a slow viewer gets
+fewer, fresher frames; its JPEG quality follows how fast its acknowledgements come back.
+While the screen is still nothing is sent (the WebSocket's own pings keep it alive).
+
+Binary frame layout (big-endian): u8 kind=1, u32 seq, u16 screen width, u16 screen height,
+u16 tile count, then per tile u16 x, y, w, h, u32 length, and that many JPEG bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import struct
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from PIL import Image, ImageChops
+
+from agent.computer.manager import Computer
+from agent.computer.screen import DamageGrab, Region
+from agent.errors import AgentError
+
+log = logging.getLogger(__name__)
+
+TICK_S = 1 / 60
+BAND = 64
+MAX_IN_FLIGHT = 2
+QUALITY_MAX, QUALITY_MIN, QUALITY_START = 80, 30, 70
+SLOW_ACK_S, FAST_ACK_S = 0.25, 0.08
+RETRY_S = 0.5
+
+Box = tuple[int, int, int, int]  # left, top, right, bottom
+SendBytes = Callable[[bytes], Awaitable[None]]
+SendJson = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class Screen:
+    """The hub's copy of the screen (RGB), changed on one thread, read by encoders."""
+
+    def __init__(self) -> None:
+        self.image: Image.Image | None = None
+        self.lock = threading.Lock()
+
+    def apply(self, grab: DamageGrab) -> tuple[list[Box], bool]:
+        """Paste a grab in; the boxes whose pixels changed, and whether the size did."""
+        with self.lock:
+            resized = self.image is None or self.image.size != (grab.width, grab.height)
+            if resized or grab.full:
+                self.image = Image.new("RGB", (grab.width, grab.height))
+                for region, raw in grab.areas:
+                    self.image.paste(_rgb(region, raw), (region.x, region.y))
+                return [(0, 0, grab.width, grab.height)], resized
+            assert self.image is not None
+            changed: list[Box] = []
+            for region, raw in grab.areas:
+                fresh = _rgb(region, raw)
+                old = self.image.crop((region.x, region.y, region.x + region.width,
+                                       region.y + region.height))
+                top = region.y - region.y % BAND
+                while top < region.y + region.height:
+                    y0 = max(top, region.y) - region.y
+                    y1 = min(top + BAND, region.y + region.height) - region.y
+                    box = ImageChops.difference(old.crop((0, y0, region.width, y1)),
+                                                fresh.crop((0, y0, region.width, y1))).getbbox()
+                    if box is not None:
+                        changed.append((region.x + box[0], region.y + y0 + box[1],
+                                        region.x + box[2], region.y + y0 + box[3]))
+                    top += BAND
+                self.image.paste(fresh, (region.x, region.y))
+            return changed, False
+
+    def encode(self, boxes: list[Box], quality: int) -> list[tuple[Box, bytes]]:
+        tiles: list[tuple[Box, Image.Image]] = []
+        with self.lock:
+            if self.image is None:
+                return []
+            width, height = self.image.size
+            for box in boxes:
+                clipped = (box[0], box[1], min(box[2], width), min(box[3], height))
+                if clipped[2] > clipped[0] and clipped[3] > clipped[1]:
+                    tiles.append((clipped, self.image.crop(clipped)))
+        out: list[tuple[Box, bytes]] = []
+        for box, tile in tiles:
+            buffer = io.BytesIO()
+            tile.save(buffer, "JPEG", quality=quality)
+            out.append((box, buffer.getvalue()))
+        return out
+
+
+def _rgb(region: Region, raw: bytes) -> Image.Image:
+    return Image.frombuffer("RGB", (region.width, region.height), raw, "raw", "BGRX", 0, 1)
+
+
+def merge_bands(marks: dict[int, Box]) -> list[Box]:
+    """Boxes to send: the marked box of each band, joined with the band below when both
+    span the same columns and touch (a scroll becomes one tile, not seventeen)."""
+    boxes: list[Box] = []
+    for index in sorted(marks):
+        box = marks[index]
+        if boxes:
+            last = boxes[-1]
+            if last[0] == box[0] and last[2] == box[2] and last[3] == box[1]:
+                boxes[-1] = (last[0], last[1], last[2], box[3])
+                continue
+        boxes.append(box)
+    return boxes
+
+
+def pack_frame(seq: int, size: tuple[int, int], tiles: list[tuple[Box, bytes]]) -> bytes:
+    parts = [struct.pack(">BIHHH", 1, seq, size[0], size[1], len(tiles))]
+    for (left, top, right, bottom), data in tiles:
+        parts.append(struct.pack(">HHHHI", left, top, right - left, bottom - top, len(data)))
+        parts.append(data)
+    return b"".join(parts)
+
+
+class Viewer:
+    """One connected page: what changed since its last frame, and its pace."""
+
+    def __init__(self, hub: LiveHub, send_bytes: SendBytes, send_json: SendJson) -> None:
+        self.hub = hub
+        self._send_bytes = send_bytes
+        self._send_json = send_json
+        self._marks: dict[int, Box] = {}
+        self._size: tuple[int, int] = (0, 0)
+        self._size_sent: tuple[int, int] = (0, 0)
+        self._pointer: tuple[int, int] | None = None
+        self._pointer_sent: tuple[int, int] | None = None
+        self._wake = asyncio.Event()
+        self._in_flight: dict[int, float] = {}
+        self._seq = 0
+        self.quality = QUALITY_START
+        self.frames_sent = 0
+
+    # -- called by the hub ---------------------------------------------------------------
+
+    def mark(self, boxes: list[Box], size: tuple[int, int]) -> None:
+        if size != self._size:
+            self._size = size
+            self._marks.clear()
+            self._in_flight.clear()  # frames of the old size no longer matter
+        for left, top, right, bottom in boxes:
+            first, last = top // BAND, (bottom - 1) // BAND
+            for index in range(first, last + 1):
+                y0, y1 = max(top, index * BAND), min(bottom, (index + 1) * BAND)
+                old = self._marks.get(index)
+                if old is not None:
+                    self._marks[index] = (min(old[0], left), min(old[1], y0),
+                                          max(old[2], right), max(old[3], y1))
+                else:
+                    self._marks[index] = (left, y0, right, y1)
+        self._wake.set()
+
+    def point(self, pointer: tuple[int, int]) -> None:
+        self._pointer = pointer
+        if pointer != self._pointer_sent:
+            self._wake.set()
+
+    # -- called by the page --------------------------------------------------------------
+
+    def ack(self, seq: int) -> None:
+        sent = self._in_flight.pop(seq, None)
+        if sent is None:
+            return
+        took = time.monotonic() - sent
+        if took > SLOW_ACK_S:
+            self.quality = max(QUALITY_MIN, self.quality - 10)
+        elif took < FAST_ACK_S:
+            self.quality = min(QUALITY_MAX, self.quality + 5)
+        self._wake.set()
+
+    # -- the sender ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Send until cancelled (the page left)."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self._size != self._size_sent:
+                self._size_sent = self._size
+                await self._send_json({"type": "size", "width": self._size[0],
+                                       "height": self._size[1]})
+            if self._pointer is not None and self._pointer != self._pointer_sent:
+                self._pointer_sent = self._pointer
+                await self._send_json({"type": "pointer", "x": self._pointer[0],
+                                       "y": self._pointer[1]})
+            if not self._marks or len(self._in_flight) >= MAX_IN_FLIGHT:
+                continue
+            marks, self._marks = self._marks, {}
+            size = self._size
+            tiles = await self.hub.encode(merge_bands(marks), self.quality)
+            if not tiles or size != self._size:
+                continue
+            self._seq += 1
+            self._in_flight[self._seq] = time.monotonic()
+            await self._send_bytes(pack_frame(self._seq, size, tiles))
+            self.frames_sent += 1
+
+
+class LiveHub:
+    """Grabs the screen's damage while viewers are connected and hands it to them."""
+
+    def __init__(self, computer: Computer) -> None:
+        self._computer = computer
+        self._viewers: set[Viewer] = set()
+        self._screen = Screen()
+        # One thread applies grabs (in order); encoders may run beside it.
+        self._apply_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="live-apply")
+        self._encode_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="live-encode")
+        self._task: asyncio.Task[None] | None = None
+        self._pointer: tuple[int, int] | None = None
+        self._closed = False
+
+    @property
+    def viewer_count(self) -> int:
+        return len(self._viewers)
+
+    @contextlib.asynccontextmanager
+    async def viewer(self, send_bytes: SendBytes, send_json: SendJson) -> Any:
+        """A viewer that gets frames while the context is open."""
+        viewer = Viewer(self, send_bytes, send_json)
+        self._viewers.add(viewer)
+        image = self._screen.image
+        if image is not None and self._task is not None:
+            viewer.mark([(0, 0, image.width, image.height)], image.size)
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="live-hub")
+        sender = asyncio.create_task(viewer.run(), name="live-viewer")
+        try:
+            yield viewer
+        finally:
+            self._viewers.discard(viewer)
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender
+
+    async def encode(self, boxes: list[Box], quality: int) -> list[tuple[Box, bytes]]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._encode_pool, self._screen.encode, boxes,
+                                          quality)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        full = True
+        while self._viewers and not self._closed:
+            started = time.monotonic()
+            try:
+                grab = await self._computer.grab_damage(full)
+            except AgentError as exc:
+                log.warning("live view: %s", exc.message)
+                full = True
+                await asyncio.sleep(RETRY_S)
+                continue
+            full = False
+            changed, _ = await loop.run_in_executor(self._apply_pool, self._screen.apply, grab)
+            size = (grab.width, grab.height)
+            for viewer in list(self._viewers):
+                if changed:
+                    viewer.mark(changed, size)
+                viewer.point(grab.pointer)
+            await asyncio.sleep(max(0.0, TICK_S - (time.monotonic() - started)))
+        # Nobody watches: forget the copy, so the next viewer starts from a full grab.
+        with self._screen.lock:
+            self._screen.image = None
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._apply_pool.shutdown(wait=False)
+        self._encode_pool.shutdown(wait=False)
