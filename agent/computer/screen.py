@@ -66,7 +66,7 @@ class DamageGrab:
     height: int
     pointer: tuple[int, int]
     full: bool
-    areas: list[tuple[Region, bytes]]
+    areas: list[tuple[Region, bytes | bytearray]]
 
 
 # Damage boxes kept for the live view between grabs; past that, one bounding box.
@@ -364,7 +364,8 @@ class CaptureSession:
             # dirty flag: the notifies drained above already set it).
             self.dpy.damage_subtract(self._damage)
             self.dpy.sync()
-        grabbed = [(area, bytes(self._grab_raw(area)[0])) for area in areas]
+        grabbed: list[tuple[Region, bytes | bytearray]] = [
+            (area, self._grab_raw(area)[0]) for area in areas]  # fresh buffers, not copied
         return DamageGrab(self.width, self.height, self.pointer(), everything, grabbed)
 
     def _repair(self) -> None:

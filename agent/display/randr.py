@@ -4,13 +4,20 @@ Xvfb offers one output on one CRTC and lets the screen shrink and grow again up 
 size it was started with (its framebuffer is allocated once). RRSetScreenSize refuses a
 screen smaller than an active CRTC, so a resize switches the CRTC off, sets the screen
 size, and switches it back on with a mode of the new size (created the first time).
+
+There is no window manager: nothing would tell Chromium about the new screen. So every
+application window (mapped, top-level, not override-redirect: menus and popups keep
+theirs) is configured to fill it, as a maximised window would be; Chromium follows the
+ConfigureNotify (its own Browser.setWindowBounds stops one pixel short of the screen).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from Xlib import X
 from Xlib import display as xdisplay
+from Xlib import error as xerror
 
 from agent.errors import BadRequest, DisplayUnavailable, field_error
 
@@ -88,3 +95,19 @@ def resize(dpy: xdisplay.Display, width: int, height: int) -> ScreenSize:
     dpy.xrandr_set_crtc_config(crtc, stamp, 0, 0, mode, 1, [output])
     dpy.sync()
     return screen_size(dpy)
+
+
+def fill_screen(dpy: xdisplay.Display, width: int, height: int) -> int:
+    """Make every application window fill the screen; how many there were."""
+    count = 0
+    for window in dpy.screen().root.query_tree().children:
+        try:
+            attributes = window.get_attributes()
+            if attributes.map_state != X.IsViewable or attributes.override_redirect:
+                continue
+            window.configure(x=0, y=0, width=width, height=height)
+        except xerror.BadWindow:  # gone meanwhile
+            continue
+        count += 1
+    dpy.sync()
+    return count

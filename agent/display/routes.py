@@ -5,7 +5,6 @@ from __future__ import annotations
 from aiohttp import web
 
 from agent.appkeys import RESIZE_GUARDS
-from agent.browser.routes import CDP
 from agent.computer.routes import COMPUTER
 from agent.display.manager import DisplayManager
 from agent.spec import request_json
@@ -23,12 +22,12 @@ async def get_display(request: web.Request) -> web.Response:
 @routes.patch("/display")
 async def patch_display(request: web.Request) -> web.Response:
     body = await request_json(request)
-    size, fitted = await request.app[DISPLAY].resize(int(body["width"]), int(body["height"]))
-    return web.json_response({**size.to_json(), "browser_window_fitted": fitted})
+    size, windows = await request.app[DISPLAY].resize(int(body["width"]), int(body["height"]))
+    return web.json_response({**size.to_json(), "windows_fitted": windows})
 
 
 def setup(app: web.Application) -> None:
-    """Needs the computer and browser slices (their X connection and DevTools client)."""
+    """After the computer slice (its input connection does the work)."""
     guards = app[RESIZE_GUARDS]  # the list itself: guards added later are seen
-    app[DISPLAY] = DisplayManager(app[COMPUTER], app[CDP], guards)
+    app[DISPLAY] = DisplayManager(app[COMPUTER], guards)
     app.router.add_routes(routes)

@@ -3,7 +3,7 @@
 One *hub* runs while at least one viewer is connected. Each tick it asks the computer's
 read connection for the areas X DAMAGE saw drawn on (screen.py, the same capture path as
 screenshots), diffs them against its own copy of the screen in 64-row bands, and marks the
-bands that really changed on every viewer. A viewer keeps, per band, only the bounding box
+bands whose rows really changed on every viewer. A viewer keeps, per band, only the bounding box
 of what changed there since its last frame: its backlog is bounded by the screen, never by
 time. It sends a frame (the marked boxes as JPEG tiles, cut from the hub's current copy)
 only when fewer than MAX_IN_FLIGHT of its frames are unacknowledged, so a slow viewer gets
@@ -27,16 +27,17 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from PIL import Image, ImageChops
+from PIL import Image
 
 from agent.computer.manager import Computer
-from agent.computer.screen import DamageGrab, Region
+from agent.computer.screen import DamageGrab
 from agent.errors import AgentError
 
 log = logging.getLogger(__name__)
 
 TICK_S = 1 / 60
 BAND = 64
+STRIP_ROWS = 256  # tiles taller than this are cut, to encode on both encoder threads
 MAX_IN_FLIGHT = 2
 QUALITY_MAX, QUALITY_MIN, QUALITY_START = 80, 30, 70
 SLOW_ACK_S, FAST_ACK_S = 0.25, 0.08
@@ -48,60 +49,98 @@ SendJson = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 class Screen:
-    """The hub's copy of the screen (RGB), changed on one thread, read by encoders."""
+    """The hub's copy of the screen (BGRX rows, as captured), changed on one thread, read
+    by encoders."""
 
     def __init__(self) -> None:
-        self.image: Image.Image | None = None
+        self.size = (0, 0)
+        self.pixels: bytearray | None = None
         self.lock = threading.Lock()
 
-    def apply(self, grab: DamageGrab) -> tuple[list[Box], bool]:
-        """Paste a grab in; the boxes whose pixels changed, and whether the size did."""
+    def reset(self) -> None:
         with self.lock:
-            resized = self.image is None or self.image.size != (grab.width, grab.height)
-            if resized or grab.full:
-                self.image = Image.new("RGB", (grab.width, grab.height))
-                for region, raw in grab.areas:
-                    self.image.paste(_rgb(region, raw), (region.x, region.y))
-                return [(0, 0, grab.width, grab.height)], resized
-            assert self.image is not None
+            self.pixels = None
+            self.size = (0, 0)
+
+    def apply(self, grab: DamageGrab) -> tuple[list[Box], bool]:
+        """Copy a grab in; the boxes whose rows changed (per band, the damaged columns),
+        and whether the size did. Comparing rows is a memcmp each: cheap next to JPEG."""
+        width, height = grab.width, grab.height
+        with self.lock:
+            resized = self.pixels is None or self.size != (width, height)
+            if resized or grab.full or self.pixels is None:
+                self.pixels = bytearray(width * height * 4)
+                self.size = (width, height)
+                self._copy_all(grab)
+                return [(0, 0, width, height)], resized
+            pixels = memoryview(self.pixels)
             changed: list[Box] = []
             for region, raw in grab.areas:
-                fresh = _rgb(region, raw)
-                old = self.image.crop((region.x, region.y, region.x + region.width,
-                                       region.y + region.height))
-                top = region.y - region.y % BAND
-                while top < region.y + region.height:
-                    y0 = max(top, region.y) - region.y
-                    y1 = min(top + BAND, region.y + region.height) - region.y
-                    box = ImageChops.difference(old.crop((0, y0, region.width, y1)),
-                                                fresh.crop((0, y0, region.width, y1))).getbbox()
-                    if box is not None:
-                        changed.append((region.x + box[0], region.y + y0 + box[1],
-                                        region.x + box[2], region.y + y0 + box[3]))
-                    top += BAND
-                self.image.paste(fresh, (region.x, region.y))
+                source = memoryview(raw)
+                stride = region.width * 4
+                band_rows: dict[int, list[int]] = {}
+                for row in range(region.height):
+                    y = region.y + row
+                    at = (y * width + region.x) * 4
+                    line = source[row * stride:(row + 1) * stride]
+                    if pixels[at:at + stride] != line:
+                        pixels[at:at + stride] = line
+                        first_last = band_rows.setdefault(y // BAND, [y, y])
+                        first_last[1] = y
+                for first, last in band_rows.values():
+                    changed.append((region.x, first, region.x + region.width, last + 1))
             return changed, False
 
-    def encode(self, boxes: list[Box], quality: int) -> list[tuple[Box, bytes]]:
-        tiles: list[tuple[Box, Image.Image]] = []
+    def _copy_all(self, grab: DamageGrab) -> None:
+        assert self.pixels is not None
+        pixels = memoryview(self.pixels)
+        width = grab.width
+        for region, raw in grab.areas:
+            stride = region.width * 4
+            if region.x == 0 and region.width == width:
+                start = region.y * width * 4
+                pixels[start:start + len(raw)] = raw
+                continue
+            for row in range(region.height):
+                at = ((region.y + row) * width + region.x) * 4
+                pixels[at:at + stride] = raw[row * stride:(row + 1) * stride]
+
+    def cut(self, boxes: list[Box]) -> list[tuple[Box, bytes]]:
+        """The BGRX pixels of each box (clipped to the screen), copied out."""
+        tiles: list[tuple[Box, bytes]] = []
         with self.lock:
-            if self.image is None:
+            if self.pixels is None:
                 return []
-            width, height = self.image.size
-            for box in boxes:
-                clipped = (box[0], box[1], min(box[2], width), min(box[3], height))
-                if clipped[2] > clipped[0] and clipped[3] > clipped[1]:
-                    tiles.append((clipped, self.image.crop(clipped)))
-        out: list[tuple[Box, bytes]] = []
-        for box, tile in tiles:
-            buffer = io.BytesIO()
-            tile.save(buffer, "JPEG", quality=quality)
-            out.append((box, buffer.getvalue()))
-        return out
+            width, height = self.size
+            pixels = memoryview(self.pixels)
+            for left, top, right, bottom in boxes:
+                right, bottom = min(right, width), min(bottom, height)
+                if right <= left or bottom <= top:
+                    continue
+                if left == 0 and right == width:
+                    raw = bytes(pixels[top * width * 4:bottom * width * 4])
+                else:
+                    raw = b"".join(pixels[(y * width + left) * 4:(y * width + right) * 4]
+                                   for y in range(top, bottom))
+                tiles.append(((left, top, right, bottom), raw))
+        return tiles
 
 
-def _rgb(region: Region, raw: bytes) -> Image.Image:
-    return Image.frombuffer("RGB", (region.width, region.height), raw, "raw", "BGRX", 0, 1)
+def encode_tile(box: Box, raw: bytes, quality: int) -> tuple[Box, bytes]:
+    image = Image.frombuffer("RGB", (box[2] - box[0], box[3] - box[1]), raw, "raw", "BGRX",
+                             0, 1)
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=quality)
+    return box, buffer.getvalue()
+
+
+def split_tall(boxes: list[Box], rows: int = STRIP_ROWS) -> list[Box]:
+    """Tall boxes cut into strips, so that the encoders can share one big change."""
+    out: list[Box] = []
+    for left, top, right, bottom in boxes:
+        for y in range(top, bottom, rows):
+            out.append((left, y, right, min(bottom, y + rows)))
+    return out
 
 
 def merge_bands(marks: dict[int, Box]) -> list[Box]:
@@ -144,6 +183,12 @@ class Viewer:
         self._seq = 0
         self.quality = QUALITY_START
         self.frames_sent = 0
+        self._busy = False  # encoding or sending a frame
+
+    @property
+    def ready(self) -> bool:
+        """Whether a new frame could go out now (else grabbing for it is wasted work)."""
+        return not self._busy and len(self._in_flight) < MAX_IN_FLIGHT
 
     # -- called by the hub ---------------------------------------------------------------
 
@@ -181,6 +226,7 @@ class Viewer:
         elif took < FAST_ACK_S:
             self.quality = min(QUALITY_MAX, self.quality + 5)
         self._wake.set()
+        self.hub.demand.set()
 
     # -- the sender ----------------------------------------------------------------------
 
@@ -201,13 +247,18 @@ class Viewer:
                 continue
             marks, self._marks = self._marks, {}
             size = self._size
-            tiles = await self.hub.encode(merge_bands(marks), self.quality)
-            if not tiles or size != self._size:
-                continue
-            self._seq += 1
-            self._in_flight[self._seq] = time.monotonic()
-            await self._send_bytes(pack_frame(self._seq, size, tiles))
-            self.frames_sent += 1
+            self._busy = True
+            try:
+                tiles = await self.hub.encode(merge_bands(marks), self.quality)
+                if not tiles or size != self._size:
+                    continue
+                self._seq += 1
+                self._in_flight[self._seq] = time.monotonic()
+                await self._send_bytes(pack_frame(self._seq, size, tiles))
+                self.frames_sent += 1
+            finally:
+                self._busy = False
+                self.hub.demand.set()
 
 
 class LiveHub:
@@ -223,6 +274,7 @@ class LiveHub:
         self._task: asyncio.Task[None] | None = None
         self._pointer: tuple[int, int] | None = None
         self._closed = False
+        self.demand = asyncio.Event()  # set when a viewer may take a frame again
 
     @property
     def viewer_count(self) -> int:
@@ -233,9 +285,13 @@ class LiveHub:
         """A viewer that gets frames while the context is open."""
         viewer = Viewer(self, send_bytes, send_json)
         self._viewers.add(viewer)
-        image = self._screen.image
-        if image is not None and self._task is not None:
-            viewer.mark([(0, 0, image.width, image.height)], image.size)
+        self.demand.set()
+        with self._screen.lock:
+            size = self._screen.size if self._screen.pixels is not None else None
+        if size is not None and self._task is not None:
+            viewer.mark([(0, 0, *size)], size)
+            if self._pointer is not None:
+                viewer.point(self._pointer)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="live-hub")
         sender = asyncio.create_task(viewer.run(), name="live-viewer")
@@ -243,19 +299,29 @@ class LiveHub:
             yield viewer
         finally:
             self._viewers.discard(viewer)
+            self.demand.set()  # the hub loop looks again (and ends when nobody is left)
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sender
 
     async def encode(self, boxes: list[Box], quality: int) -> list[tuple[Box, bytes]]:
+        """JPEG tiles of `boxes` from the current screen, big ones encoded in parallel."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._encode_pool, self._screen.encode, boxes,
-                                          quality)
+        tiles = self._screen.cut(split_tall(boxes))
+        jobs = [loop.run_in_executor(self._encode_pool, encode_tile, box, raw, quality)
+                for box, raw in tiles]
+        return list(await asyncio.gather(*jobs))
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         full = True
         while self._viewers and not self._closed:
+            if not any(viewer.ready for viewer in self._viewers):
+                # Every viewer is still busy with its last frame: let damage pile up in
+                # the X server (a bounding box) instead of grabbing what nobody can take.
+                self.demand.clear()
+                await self.demand.wait()
+                continue
             started = time.monotonic()
             try:
                 grab = await self._computer.grab_damage(full)
@@ -267,14 +333,14 @@ class LiveHub:
             full = False
             changed, _ = await loop.run_in_executor(self._apply_pool, self._screen.apply, grab)
             size = (grab.width, grab.height)
+            self._pointer = grab.pointer
             for viewer in list(self._viewers):
                 if changed:
                     viewer.mark(changed, size)
                 viewer.point(grab.pointer)
             await asyncio.sleep(max(0.0, TICK_S - (time.monotonic() - started)))
         # Nobody watches: forget the copy, so the next viewer starts from a full grab.
-        with self._screen.lock:
-            self._screen.image = None
+        self._screen.reset()
 
     async def close(self) -> None:
         self._closed = True

@@ -135,13 +135,53 @@ async def test_unicode_text_typed_in_viewer_arrives(make_client: MakeClient, xvf
     await open_viewer(viewer, client)
     await viewer.evaluate("document.getElementById('screen').focus()")
     text = "Grüße, 日本 é ß!"
-    for char in text:
+    for char in text + "x":
         await viewer.cdp("Input.dispatchKeyEvent",
                          {"type": "keyDown", "key": char, "text": char})
         await viewer.cdp("Input.dispatchKeyEvent", {"type": "keyUp", "key": char})
+    # A key without text (Backspace) goes as a key press.
+    await viewer.cdp("Input.dispatchKeyEvent", {
+        "type": "rawKeyDown", "key": "Backspace", "code": "Backspace",
+        "windowsVirtualKeyCode": 8})
+    await viewer.cdp("Input.dispatchKeyEvent", {
+        "type": "keyUp", "key": "Backspace", "code": "Backspace", "windowsVirtualKeyCode": 8})
     await async_wait_until(
         lambda: chromium.evaluate(f"document.getElementById('t').value === {json.dumps(text)}"),
         timeout=15, what="the typed text to arrive")
+
+
+async def test_several_viewers_and_a_still_screen(make_client: MakeClient, xvfb: Xvfb,
+                                                  chromium: Chromium,
+                                                  viewer: Chromium) -> None:
+    """Two viewers at once both see a change; while the screen is still, no frame comes."""
+    client = await live_client(make_client, xvfb, chromium)
+    await open_page(chromium, "<body style='margin:0;background:#fff'></body>")
+    await open_viewer(viewer, client)
+    url = str(client.make_url("/live/stream"))
+    async with aiohttp.ClientSession() as session, session.ws_connect(url,
+                                                                      headers=ADMIN) as ws:
+        assert (await ws.receive_json())["type"] == "hello"
+        seq = await _next_frame(ws)
+        await ws.send_json({"type": "ack", "seq": seq})
+        # Still: the page is blank and nothing moves, so nothing but pings may come.
+        with pytest.raises(TimeoutError):
+            await _next_frame(ws, timeout=1.0)
+        frames_before = await viewer.evaluate("live.frames")
+        await open_page(chromium, RED_PAGE)
+        await _next_frame(ws)
+        x, y = await screen_point(chromium, "#box")
+        await async_wait_until(lambda: _red_at(viewer, x, y), timeout=10,
+                               what="the red box in the first viewer")
+        assert await viewer.evaluate("live.frames") > frames_before
+
+
+async def _next_frame(ws: aiohttp.ClientWebSocketResponse, timeout: float = 10.0) -> int:
+    """The sequence number of the next binary frame (text messages are skipped)."""
+    while True:
+        message = await ws.receive(timeout=timeout)
+        if message.type == aiohttp.WSMsgType.BINARY:
+            return int.from_bytes(message.data[1:5], "big")
+        assert message.type == aiohttp.WSMsgType.TEXT, message
 
 
 async def test_read_scope_viewer_cannot_click(make_client: MakeClient, xvfb: Xvfb,

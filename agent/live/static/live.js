@@ -9,7 +9,7 @@
   const sizeEl = document.getElementById("size");
   const cursorEl = document.getElementById("cursor");
   const live = { frames: 0, canInput: null, connected: false, lastFrameAt: 0, lastError: null };
-  window.live = live; // for tests and the curious: counters only
+  window.live = live; // counters and an onframe hook, for tests and benchmarks
   let ws = null;
   let retry = 250;
 
@@ -50,6 +50,7 @@
     live.frames += 1;
     live.lastFrameAt = performance.now();
     send({ type: "ack", seq });
+    if (live.onframe) live.onframe();
   }
 
   function send(message) {
