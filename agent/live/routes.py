@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from agent.appkeys import SESSIONS, SETTINGS
+from agent.appkeys import HEALTH_PROBES, SESSIONS, SETTINGS
 from agent.auth import SCOPE_KEY, has_scope
 from agent.computer.routes import COMPUTER
 from agent.errors import AgentError, BadRequest, Forbidden, field_error
@@ -166,6 +166,11 @@ def setup(app: web.Application) -> None:
     app[SOCKETS] = set()
     app.router.add_routes(routes)
     app.on_shutdown.append(_close_sockets)
+
+    async def probe() -> dict[str, Any]:
+        return {"ok": True, "viewers": hub.viewer_count, **app[SESSIONS].counts()}
+
+    app[HEALTH_PROBES]["live"] = probe
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
         yield

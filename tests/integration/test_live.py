@@ -15,6 +15,7 @@ from computer_support import open_page, screen_point
 from conftest import ADMIN, READ, TOKENS, MakeClient
 from helpers import Chromium, Xvfb, async_wait_until, running_chromium
 
+from agent.live.routes import SOCKETS
 from agent.sessions import COOKIE_NAME
 
 RED_PAGE = """<body style="margin:0;background:#fff">
@@ -220,6 +221,22 @@ async def test_read_scope_viewer_cannot_click(make_client: MakeClient, xvfb: Xvf
     assert await chromium.evaluate("window.clicks") == 0
 
 
+async def test_viewer_reconnects_by_itself(make_client: MakeClient, xvfb: Xvfb,
+                                           chromium: Chromium, viewer: Chromium) -> None:
+    client = await live_client(make_client, xvfb, chromium)
+    await open_page(chromium, "<body style='margin:0;background:#fff'></body>")
+    await open_viewer(viewer, client)
+    assert await viewer.evaluate("live.connects") == 1
+    for ws in list(client.server.app[SOCKETS]):
+        await ws.close()
+    await async_wait_until(lambda: viewer.evaluate("live.connects === 2 && live.connected"),
+                           timeout=10, what="the viewer to reconnect")
+    await open_page(chromium, RED_PAGE)
+    x, y = await screen_point(chromium, "#box")
+    await async_wait_until(lambda: _red_at(viewer, x, y), timeout=10,
+                           what="frames after the reconnection")
+
+
 async def test_links_are_single_use_and_bounded_by_scope(make_client: MakeClient,
                                                          xvfb: Xvfb,
                                                          chromium: Chromium) -> None:
@@ -278,6 +295,7 @@ async def test_token_never_reaches_page_or_log(make_client: MakeClient, xvfb: Xv
             "u => fetch(u).then(r => r.text()))).then(a => a.join('\\n') + "
             "document.documentElement.outerHTML + document.cookie + location.href)")
     assert "frames" in page  # the script really was read
+    assert await viewer.evaluate("document.cookie") == ""  # HttpOnly
     for token in TOKENS:
         assert token not in page
     # The daemon's own log (aiohttp's access log is off in the daemon, see __main__).

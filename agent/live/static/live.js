@@ -8,7 +8,9 @@
   const modeEl = document.getElementById("mode");
   const sizeEl = document.getElementById("size");
   const cursorEl = document.getElementById("cursor");
-  const live = { frames: 0, canInput: null, connected: false, lastFrameAt: 0, lastError: null };
+  const live = {
+    frames: 0, connects: 0, canInput: null, connected: false, lastFrameAt: 0, lastError: null,
+  };
   window.live = live; // counters and an onframe hook, for tests and benchmarks
   let ws = null;
   let retry = 250;
@@ -63,7 +65,7 @@
     ws = new WebSocket(scheme + location.host + "/live/stream");
     ws.binaryType = "arraybuffer";
     let queue = Promise.resolve();
-    ws.onopen = () => { retry = 250; setState("connected", "live"); };
+    ws.onopen = () => { retry = 250; live.connects += 1; setState("connected", "live"); };
     ws.onmessage = (event) => {
       if (typeof event.data !== "string") {
         const data = event.data;
