@@ -348,8 +348,12 @@ class CaptureSession:
 
     def grab_damage(self, full: bool) -> DamageGrab:
         """The areas drawn on since the previous call (all of the screen when `full`, after
-        a resize, or on the first call), clipped to the screen, with their pixels."""
-        self.dpy.sync()
+        a resize, or on the first call), clipped to the screen, with their pixels.
+
+        Two round trips, since the live view calls this many times a second while the X
+        server is busy drawing: the pointer query after DamageSubtract (so the damage is
+        emptied before the capture on mss's own connection starts), and the capture.
+        Notifies still in flight are simply picked up by the next call."""
         drain_events(self.dpy, self.handle_event)
         boxes = self._live_boxes
         everything = full or boxes is None
@@ -363,10 +367,10 @@ class CaptureSession:
             # Empty the damage region (as _repair, but the screenshot cache keeps its own
             # dirty flag: the notifies drained above already set it).
             self.dpy.damage_subtract(self._damage)
-            self.dpy.sync()
+        pointer = self.pointer()
         grabbed: list[tuple[Region, bytes | bytearray]] = [
             (area, self._grab_raw(area)[0]) for area in areas]  # fresh buffers, not copied
-        return DamageGrab(self.width, self.height, self.pointer(), everything, grabbed)
+        return DamageGrab(self.width, self.height, pointer, everything, grabbed)
 
     def _repair(self) -> None:
         """Empty the damage region before capturing: drawing from now on is reported."""

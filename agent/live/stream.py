@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 
 TICK_S = 1 / 60
 BAND = 64
-STRIP_ROWS = 256  # tiles taller than this are cut, to encode on both encoder threads
+STRIP_ROWS = 256  # taller tiles are cut: smaller images decode sooner in the page
 MAX_IN_FLIGHT = 2
 QUALITY_MAX, QUALITY_MIN, QUALITY_START = 80, 30, 70
 SLOW_ACK_S, FAST_ACK_S = 0.25, 0.08
@@ -46,6 +47,13 @@ RETRY_S = 0.5
 Box = tuple[int, int, int, int]  # left, top, right, bottom
 SendBytes = Callable[[bytes], Awaitable[None]]
 SendJson = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Update:
+    changed: list[Box]
+    size: tuple[int, int]
+    pointer: tuple[int, int]
 
 
 class Screen:
@@ -62,17 +70,16 @@ class Screen:
             self.pixels = None
             self.size = (0, 0)
 
-    def apply(self, grab: DamageGrab) -> tuple[list[Box], bool]:
-        """Copy a grab in; the boxes whose rows changed (per band, the damaged columns),
-        and whether the size did. Comparing rows is a memcmp each: cheap next to JPEG."""
+    def apply(self, grab: DamageGrab) -> Update:
+        """Copy a grab in (on the capture thread); the boxes whose rows changed (per band,
+        the damaged columns). Comparing rows is a memcmp each: cheap next to JPEG."""
         width, height = grab.width, grab.height
         with self.lock:
-            resized = self.pixels is None or self.size != (width, height)
-            if resized or grab.full or self.pixels is None:
+            if grab.full or self.pixels is None or self.size != (width, height):
                 self.pixels = bytearray(width * height * 4)
                 self.size = (width, height)
                 self._copy_all(grab)
-                return [(0, 0, width, height)], resized
+                return Update([(0, 0, width, height)], (width, height), grab.pointer)
             pixels = memoryview(self.pixels)
             changed: list[Box] = []
             for region, raw in grab.areas:
@@ -89,7 +96,7 @@ class Screen:
                         first_last[1] = y
                 for first, last in band_rows.values():
                     changed.append((region.x, first, region.x + region.width, last + 1))
-            return changed, False
+            return Update(changed, (width, height), grab.pointer)
 
     def _copy_all(self, grab: DamageGrab) -> None:
         assert self.pixels is not None
@@ -135,7 +142,7 @@ def encode_tile(box: Box, raw: bytes, quality: int) -> tuple[Box, bytes]:
 
 
 def split_tall(boxes: list[Box], rows: int = STRIP_ROWS) -> list[Box]:
-    """Tall boxes cut into strips, so that the encoders can share one big change."""
+    """Tall boxes cut into strips (the page decodes them in parallel)."""
     out: list[Box] = []
     for left, top, right, bottom in boxes:
         for y in range(top, bottom, rows):
@@ -268,8 +275,6 @@ class LiveHub:
         self._computer = computer
         self._viewers: set[Viewer] = set()
         self._screen = Screen()
-        # One thread applies grabs (in order); encoders may run beside it.
-        self._apply_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="live-apply")
         self._encode_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="live-encode")
         self._task: asyncio.Task[None] | None = None
         self._pointer: tuple[int, int] | None = None
@@ -305,15 +310,15 @@ class LiveHub:
                 await sender
 
     async def encode(self, boxes: list[Box], quality: int) -> list[tuple[Box, bytes]]:
-        """JPEG tiles of `boxes` from the current screen, big ones encoded in parallel."""
-        loop = asyncio.get_running_loop()
-        tiles = self._screen.cut(split_tall(boxes))
-        jobs = [loop.run_in_executor(self._encode_pool, encode_tile, box, raw, quality)
-                for box, raw in tiles]
-        return list(await asyncio.gather(*jobs))
+        """JPEG tiles of `boxes` from the current screen: one job on an encoder thread (on
+        a busy machine every hop between threads costs a scheduling delay)."""
+        def job() -> list[tuple[Box, bytes]]:
+            return [encode_tile(box, raw, quality)
+                    for box, raw in self._screen.cut(split_tall(boxes))]
+
+        return await asyncio.get_running_loop().run_in_executor(self._encode_pool, job)
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         full = True
         while self._viewers and not self._closed:
             if not any(viewer.ready for viewer in self._viewers):
@@ -324,20 +329,18 @@ class LiveHub:
                 continue
             started = time.monotonic()
             try:
-                grab = await self._computer.grab_damage(full)
+                update = await self._computer.grab_damage(full, self._screen.apply)
             except AgentError as exc:
                 log.warning("live view: %s", exc.message)
                 full = True
                 await asyncio.sleep(RETRY_S)
                 continue
             full = False
-            changed, _ = await loop.run_in_executor(self._apply_pool, self._screen.apply, grab)
-            size = (grab.width, grab.height)
-            self._pointer = grab.pointer
+            self._pointer = update.pointer
             for viewer in list(self._viewers):
-                if changed:
-                    viewer.mark(changed, size)
-                viewer.point(grab.pointer)
+                if update.changed:
+                    viewer.mark(update.changed, update.size)
+                viewer.point(update.pointer)
             await asyncio.sleep(max(0.0, TICK_S - (time.monotonic() - started)))
         # Nobody watches: forget the copy, so the next viewer starts from a full grab.
         self._screen.reset()
@@ -348,5 +351,4 @@ class LiveHub:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        self._apply_pool.shutdown(wait=False)
         self._encode_pool.shutdown(wait=False)

@@ -48,16 +48,16 @@ def _grab(image: Image.Image, areas: list[Region], full: bool = False) -> Damage
 def test_screen_reports_only_pixels_that_changed() -> None:
     screen = Screen()
     white = Image.new("RGB", (300, 200), "white")
-    changed, resized = screen.apply(_grab(white, [Region(0, 0, 300, 200)], full=True))
-    assert changed == [(0, 0, 300, 200)] and resized
+    update = screen.apply(_grab(white, [Region(0, 0, 300, 200)], full=True))
+    assert update.changed == [(0, 0, 300, 200)] and update.size == (300, 200)
     # Damage over a wide area, but only ten rows of it really changed: the box keeps the
     # damaged columns and only the changed rows.
     drawn = white.copy()
     drawn.paste((255, 0, 0), (100, 70, 110, 80))
-    changed, resized = screen.apply(_grab(drawn, [Region(50, 0, 200, 200)]))
-    assert changed == [(50, 70, 250, 80)] and not resized
+    changed = screen.apply(_grab(drawn, [Region(50, 0, 200, 200)])).changed
+    assert changed == [(50, 70, 250, 80)]
     # The same pixels again: damage, but nothing to send.
-    assert screen.apply(_grab(drawn, [Region(0, 0, 300, 200)])) == ([], False)
+    assert screen.apply(_grab(drawn, [Region(0, 0, 300, 200)])).changed == []
     box, raw = screen.cut(changed)[0]
     assert box == (50, 70, 250, 80)
     tile = Image.open(io.BytesIO(stream.encode_tile(box, raw, 80)[1]))
