@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
-from computer_support import open_page, screen_point
+from computer_support import open_page, screen_point, screenshot
 from conftest import ADMIN, READ, TOKENS, MakeClient
 from helpers import Chromium, Xvfb, async_wait_until, running_chromium
 
@@ -110,6 +110,14 @@ async def test_viewer_shows_the_screen(make_client: MakeClient, xvfb: Xvfb,
     size = await viewer.evaluate("[document.getElementById('screen').width,"
                                  " document.getElementById('screen').height]")
     assert size == [xvfb.width, xvfb.height]
+    # The pointer is drawn where X has it.
+    resp = await client.post("/computer/move_mouse", json={"x": 500, "y": 400, "smooth": False})
+    assert resp.status == 200
+    await async_wait_until(
+        lambda: viewer.evaluate("(() => { const c = document.getElementById('cursor');"
+                                " return !c.hidden && c.style.left === '500px'"
+                                " && c.style.top === '400px'; })()"),
+        timeout=10, what="the viewer to draw the pointer")
 
 
 async def _red_at(viewer: Chromium, x: int, y: int) -> bool:
@@ -183,6 +191,26 @@ async def _next_frame(ws: aiohttp.ClientWebSocketResponse, timeout: float = 10.0
         if message.type == aiohttp.WSMsgType.BINARY:
             return int.from_bytes(message.data[1:5], "big")
         assert message.type == aiohttp.WSMsgType.TEXT, message
+
+
+async def test_screenshots_stay_fresh_while_viewers_watch(make_client: MakeClient,
+                                                          xvfb: Xvfb,
+                                                          chromium: Chromium) -> None:
+    """The live view empties the damage region the screenshot cache also relies on."""
+    client = await live_client(make_client, xvfb, chromium)
+    await open_page(chromium, "<body style='margin:0;background:#fff'></body>")
+    url = str(client.make_url("/live/stream"))
+    async with aiohttp.ClientSession() as session, session.ws_connect(url,
+                                                                      headers=ADMIN) as ws:
+        assert (await ws.receive_json())["type"] == "hello"
+        await ws.send_json({"type": "ack", "seq": await _next_frame(ws)})
+        before = await screenshot(client)
+        await open_page(chromium, RED_PAGE)
+        await ws.send_json({"type": "ack", "seq": await _next_frame(ws)})
+        x, y = await screen_point(chromium, "#box")
+        after = await screenshot(client)
+        assert not is_red(list(before.getpixel((x, y))))
+        assert is_red(list(after.getpixel((x, y))))
 
 
 async def test_read_scope_viewer_cannot_click(make_client: MakeClient, xvfb: Xvfb,
