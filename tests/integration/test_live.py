@@ -136,6 +136,35 @@ async def test_click_in_viewer_clicks_the_button(make_client: MakeClient, xvfb: 
                            what="the button to be clicked through the viewer")
 
 
+TALL_PAGE = """<body style="margin:0;height:5000px">
+<div id="d" style="position:absolute;left:300px;top:200px;width:160px;height:60px;
+ background:#0a0" ondblclick="window.doubles=(window.doubles||0)+1"></div>
+<script>window.doubles=0</script></body>"""
+
+
+async def test_double_click_and_wheel_through_viewer(make_client: MakeClient, xvfb: Xvfb,
+                                                     chromium: Chromium,
+                                                     viewer: Chromium) -> None:
+    client = await live_client(make_client, xvfb, chromium)
+    await open_page(chromium, TALL_PAGE)
+    await open_viewer(viewer, client)
+    x, y = await screen_point(chromium, "#d")
+    left, top = await viewer.evaluate(
+        "(() => { const r = document.getElementById('screen').getBoundingClientRect();"
+        " return [r.left, r.top]; })()")
+    for count in (1, 2):
+        for kind in ("mousePressed", "mouseReleased"):
+            await viewer.cdp("Input.dispatchMouseEvent", {
+                "type": kind, "x": left + x, "y": top + y, "button": "left",
+                "clickCount": count})
+    await async_wait_until(lambda: chromium.evaluate("window.doubles === 1"), timeout=10,
+                           what="a double click through the viewer")
+    await viewer.cdp("Input.dispatchMouseEvent", {
+        "type": "mouseWheel", "x": left + x, "y": top + y, "deltaX": 0, "deltaY": 300})
+    await async_wait_until(lambda: chromium.evaluate("window.scrollY > 0"), timeout=10,
+                           what="the wheel to scroll the page")
+
+
 async def test_unicode_text_typed_in_viewer_arrives(make_client: MakeClient, xvfb: Xvfb,
                                                     chromium: Chromium,
                                                     viewer: Chromium) -> None:
