@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from aiohttp import web
 
 from agent.errors import Forbidden, Unauthorized
-from agent.sessions import COOKIE_NAME, SessionStore
+from agent.sessions import SessionStore, cookie_name
 
 RANK = {"read": 1, "write": 2, "admin": 3}
 SCOPE_KEY = web.RequestKey("scope", str)
@@ -52,7 +52,7 @@ def same_origin(request: web.Request) -> bool:
 
 def session_scope(request: web.Request, sessions: SessionStore) -> str | None:
     """The scope of the request's session cookie (sessions.py), for same-origin requests."""
-    session_id = request.cookies.get(COOKIE_NAME)
+    session_id = request.cookies.get(cookie_name(request.url.port))
     if not session_id or not same_origin(request):
         return None
     session = sessions.lookup(session_id)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from agent.errors import BadRequest, NotFound, field_error
 
-COOKIE_NAME = "agent_session"
+COOKIE_PREFIX = "agent_session"
 SESSION_SCOPES = ("read", "write")
 MAX_LINKS = 256
 MAX_SESSIONS = 256
@@ -48,6 +48,12 @@ class Session:
     scope: str
     expires_at: float  # monotonic
     ttl_s: int
+
+
+def cookie_name(port: int | None) -> str:
+    """The cookie's name for the port the browser talks to: cookies ignore ports, so two
+    daemons forwarded to one host (localhost:10001, localhost:10002) must not share one."""
+    return f"{COOKIE_PREFIX}_{port}" if port else COOKIE_PREFIX
 
 
 def check_path(path: str) -> str:

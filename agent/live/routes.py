@@ -20,9 +20,9 @@ from agent.errors import AgentError, BadRequest, Forbidden, field_error
 from agent.live.control import InputForwarder, parse
 from agent.live.stream import LiveHub
 from agent.sessions import (
-    COOKIE_NAME,
     LINK_TTL_DEFAULT_S,
     SESSION_TTL_DEFAULT_S,
+    cookie_name,
 )
 from agent.spec import request_json
 
@@ -82,7 +82,7 @@ async def open_link(request: web.Request) -> web.Response:
             f'<meta http-equiv="refresh" content="0;url={html.escape(target)}">'
             f'<p><a href="{html.escape(target)}">Continue</a></p>')
     response = web.Response(text=page, content_type="text/html", headers=PAGE_HEADERS)
-    response.set_cookie(COOKIE_NAME, session.id, max_age=session.ttl_s, path="/",
+    response.set_cookie(cookie_name(request.url.port), session.id, max_age=session.ttl_s, path="/",
                         httponly=True, samesite="Strict", secure=request.secure)
     return response
 

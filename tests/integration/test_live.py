@@ -16,7 +16,7 @@ from conftest import ADMIN, READ, TOKENS, MakeClient
 from helpers import Chromium, Xvfb, async_wait_until, running_chromium
 
 from agent.live.routes import SOCKETS
-from agent.sessions import COOKIE_NAME
+from agent.sessions import cookie_name
 
 RED_PAGE = """<body style="margin:0;background:#fff">
 <div id="box" style="position:absolute;left:200px;top:150px;width:120px;height:90px;
@@ -255,11 +255,11 @@ async def test_read_scope_viewer_cannot_click(make_client: MakeClient, xvfb: Xvf
     link = await mint(client, scope="read")
     async with aiohttp.ClientSession() as browser:
         async with browser.get(link["url"]) as resp:
-            cookie = resp.cookies[COOKIE_NAME].value
+            cookie = resp.cookies[cookie_name(client.port)].value
         base = str(client.make_url(""))
         async with browser.ws_connect(
                 base.replace("http", "ws") + "/live/stream",
-                headers={"Cookie": f"{COOKIE_NAME}={cookie}", "Origin": base}) as ws:
+                headers={"Cookie": f"{cookie_name(client.port)}={cookie}", "Origin": base}) as ws:
             hello = await ws.receive_json()
             assert hello == {"type": "hello", "input": False}
             for action in ("down", "up"):
@@ -303,14 +303,15 @@ async def test_links_are_single_use_and_bounded_by_scope(make_client: MakeClient
     async with aiohttp.ClientSession() as browser:
         async with browser.get(link["url"]) as resp:
             assert resp.status == 200
-            cookie = resp.cookies[COOKIE_NAME]
+            assert list(resp.cookies) == [f"agent_session_{client.port}"]
+            cookie = resp.cookies[cookie_name(client.port)]
             assert cookie["httponly"] and cookie["samesite"] == "Strict"
             assert cookie["path"] == "/"
             assert 'url=/live"' in await resp.text()
         async with browser.get(link["url"]) as resp:
             assert resp.status == 404
             assert (await resp.json())["code"] == "link_invalid"
-        session = {"Cookie": f"{COOKIE_NAME}={cookie.value}"}
+        session = {"Cookie": f"{cookie.key}={cookie.value}"}
         base = str(client.make_url(""))
         async with browser.get(base + "/live", headers=session) as resp:
             assert resp.status == 200
@@ -328,6 +329,10 @@ async def test_links_are_single_use_and_bounded_by_scope(make_client: MakeClient
                                                         "Sec-Fetch-Site": "same-site"}) as resp:
             assert resp.status == 401
         async with browser.get(base + "/live") as resp:
+            assert resp.status == 401
+        # The cookie of a daemon on another port of the same host is not this one's.
+        async with browser.get(base + "/live", headers={
+                "Cookie": f"agent_session_1={cookie.value}"}) as resp:
             assert resp.status == 401
     # A read caller cannot mint a write link; a bad target is refused.
     resp = await client.post("/live/links", json={"scope": "write"}, headers=READ)
