@@ -107,6 +107,10 @@ class SessionStore:
             return None
         return session
 
+    def seconds_left(self, session_id: str) -> float:
+        session = self.lookup(session_id)
+        return 0.0 if session is None else session.expires_at - self._clock()
+
     def end(self, session_id: str) -> None:
         self._sessions.pop(session_id, None)
 

@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from agent.appkeys import HEALTH_PROBES, SESSIONS, SETTINGS
-from agent.auth import SCOPE_KEY, has_scope
+from agent.auth import SCOPE_KEY, bearer_token, has_scope
 from agent.computer.routes import COMPUTER
 from agent.errors import AgentError, BadRequest, Forbidden, field_error
 from agent.live.control import InputForwarder, parse
@@ -128,6 +128,7 @@ async def live_stream(request: web.Request) -> web.WebSocketResponse:
 
     forwarder = InputForwarder(request.app[COMPUTER], may_act, report)
     await send_json({"type": "hello", "input": may_act})
+    expiry = _end_with_session(request, ws)
     hub = request.app[HUB]
     async with hub.viewer(send_bytes, send_json) as viewer:
         player = asyncio.create_task(forwarder.run(), name="live-input")
@@ -148,10 +149,32 @@ async def live_stream(request: web.Request) -> web.WebSocketResponse:
                     await forwarder.offer(message)
         finally:
             request.app[SOCKETS].discard(ws)
+            if expiry is not None:
+                expiry.cancel()
             player.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await player
     return ws
+
+
+def _end_with_session(request: web.Request,
+                      ws: web.WebSocketResponse) -> asyncio.TimerHandle | None:
+    """A stream opened with a session cookie closes (4401) when the session expires."""
+    if bearer_token(request) is not None:
+        return None
+    session_id = request.cookies.get(cookie_name(request.url.port))
+    if not session_id:
+        return None
+    store = request.app[SESSIONS]
+    loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task[bool]] = set()
+
+    def expire() -> None:
+        task = loop.create_task(ws.close(code=4401, message=b"session expired"))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    return loop.call_later(max(0.0, store.seconds_left(session_id)), expire)
 
 
 async def _close_sockets(app: web.Application) -> None:

@@ -15,6 +15,7 @@ from computer_support import open_page, screen_point, screenshot
 from conftest import ADMIN, READ, TOKENS, MakeClient
 from helpers import Chromium, Xvfb, async_wait_until, running_chromium
 
+from agent.appkeys import SESSIONS
 from agent.live.routes import SOCKETS
 from agent.sessions import cookie_name
 
@@ -341,6 +342,26 @@ async def test_links_are_single_use_and_bounded_by_scope(make_client: MakeClient
     assert resp.status == 400
     resp = await client.post("/live/links", json={"expires_in_s": 100_000})
     assert resp.status == 400
+
+
+async def test_stream_ends_with_its_session(make_client: MakeClient, xvfb: Xvfb,
+                                            chromium: Chromium) -> None:
+    client = await live_client(make_client, xvfb, chromium)
+    # A session shorter than the API allows, straight from the store, to see it end.
+    link = client.server.app[SESSIONS].mint("read", "/live", 60, session_ttl_s=1)
+    base = str(client.make_url(""))
+    async with aiohttp.ClientSession() as browser:
+        async with browser.get(f"{base}/live/open?code={link.code}") as resp:
+            cookie = resp.cookies[cookie_name(client.port)]
+        headers = {"Cookie": f"{cookie.key}={cookie.value}", "Origin": base}
+        async with browser.ws_connect(base.replace("http", "ws") + "/live/stream",
+                                      headers=headers) as ws:
+            while (await ws.receive(timeout=10)).type in (aiohttp.WSMsgType.TEXT,
+                                                          aiohttp.WSMsgType.BINARY):
+                pass
+            assert ws.close_code == 4401
+        async with browser.get(base + "/live", headers=headers) as resp:
+            assert resp.status == 401
 
 
 async def test_token_never_reaches_page_or_log(make_client: MakeClient, xvfb: Xvfb,
