@@ -194,8 +194,9 @@ class Viewer:
 
     @property
     def ready(self) -> bool:
-        """Whether a new frame could go out now (else grabbing for it is wasted work)."""
-        return not self._busy and len(self._in_flight) < MAX_IN_FLIGHT
+        """Whether grabbing now serves this viewer: it may take a frame, and has nothing
+        waiting yet (while one frame is encoded, the next one's changes are grabbed)."""
+        return len(self._in_flight) < MAX_IN_FLIGHT and (not self._busy or not self._marks)
 
     # -- called by the hub ---------------------------------------------------------------
 

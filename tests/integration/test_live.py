@@ -102,7 +102,6 @@ async def test_viewer_shows_the_screen(make_client: MakeClient, xvfb: Xvfb,
     client = await live_client(make_client, xvfb, chromium)
     await open_page(chromium, "<body style='margin:0;background:#fff'></body>")
     await open_viewer(viewer, client)
-    x, y = await screen_point(chromium, "body", 0.5, 0.5)
     await open_page(chromium, RED_PAGE)
     x, y = await screen_point(chromium, "#box")
     await async_wait_until(lambda: _red_at(viewer, x, y), timeout=10,
