@@ -85,12 +85,18 @@ def is_red(pixel: list[int]) -> bool:
     return pixel[0] > 200 and pixel[1] < 60 and pixel[2] < 60
 
 
+async def viewer_point(viewer: Chromium, x: int, y: int) -> tuple[float, float]:
+    """Where screen point (x, y) is in the viewer's page (the canvas may be scaled)."""
+    left, top, scale_x, scale_y = await viewer.evaluate(
+        "(() => { const c = document.getElementById('screen');"
+        " const r = c.getBoundingClientRect();"
+        " return [r.left, r.top, r.width / c.width, r.height / c.height]; })()")
+    return left + (x + 0.5) * scale_x, top + (y + 0.5) * scale_y
+
+
 async def viewer_click(viewer: Chromium, x: int, y: int) -> None:
     """A real click on the viewer's canvas at screen coordinates (x, y)."""
-    left, top = await viewer.evaluate(
-        "(() => { const r = document.getElementById('screen').getBoundingClientRect();"
-        " return [r.left, r.top]; })()")
-    px, py = left + x, top + y
+    px, py = await viewer_point(viewer, x, y)
     for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
         await viewer.cdp("Input.dispatchMouseEvent", {
             "type": kind, "x": px, "y": py, "button": "left",
@@ -116,8 +122,10 @@ async def test_viewer_shows_the_screen(make_client: MakeClient, xvfb: Xvfb,
     assert resp.status == 200
     await async_wait_until(
         lambda: viewer.evaluate("(() => { const c = document.getElementById('cursor');"
-                                " return !c.hidden && c.style.left === '500px'"
-                                " && c.style.top === '400px'; })()"),
+                                " const s = document.getElementById('screen');"
+                                " return !c.hidden && c.offsetLeft === 500 * s.clientWidth"
+                                " / s.width && c.offsetTop === 400 * s.clientHeight"
+                                " / s.height; })()"),
         timeout=10, what="the viewer to draw the pointer")
 
 
@@ -135,6 +143,12 @@ async def test_click_in_viewer_clicks_the_button(make_client: MakeClient, xvfb: 
     await viewer_click(viewer, x, y)
     await async_wait_until(lambda: chromium.evaluate("window.clicks === 1"), timeout=10,
                            what="the button to be clicked through the viewer")
+    # In a narrow window the screen is shown scaled down; clicks still land.
+    await viewer.evaluate("document.querySelector('main').style.width = '640px'")
+    assert await viewer.evaluate("document.getElementById('screen').clientWidth") == 640
+    await viewer_click(viewer, x, y)
+    await async_wait_until(lambda: chromium.evaluate("window.clicks === 2"), timeout=10,
+                           what="a click through the scaled-down viewer")
 
 
 TALL_PAGE = """<body style="margin:0;height:5000px">
@@ -250,6 +264,26 @@ async def test_screenshots_stay_fresh_while_viewers_watch(make_client: MakeClien
 
         # A screenshot answered from a stale cache would never turn red.
         await async_wait_until(red_in_screenshot, timeout=10, what="a fresh screenshot")
+
+
+async def test_paste_in_viewer_pastes_in_the_page(make_client: MakeClient, xvfb: Xvfb,
+                                                  chromium: Chromium,
+                                                  viewer: Chromium) -> None:
+    client = await live_client(make_client, xvfb, chromium)
+    await open_page(chromium, INPUT_PAGE)
+    await open_viewer(viewer, client)
+    text = "päste 日本 end"
+    await viewer.evaluate(
+        "(() => { document.getElementById('screen').focus();"
+        " const data = new DataTransfer();"
+        f" data.setData('text/plain', {json.dumps(text)});"
+        " document.dispatchEvent(new ClipboardEvent('paste', {clipboardData: data,"
+        " bubbles: true, cancelable: true})); return true; })()")
+    await async_wait_until(
+        lambda: chromium.evaluate(f"document.getElementById('t').value === {json.dumps(text)}"),
+        timeout=15, what="the pasted text in the page")
+    resp = await client.post("/computer/clipboard/read")
+    assert (await resp.json())["text"] == text
 
 
 async def test_read_scope_viewer_cannot_click(make_client: MakeClient, xvfb: Xvfb,

@@ -81,9 +81,10 @@
       } else if (msg.type === "size") {
         resize(msg.width, msg.height);
       } else if (msg.type === "pointer") {
+        // In percent of the screen: right whatever size the canvas is shown at.
         cursorEl.hidden = false;
-        cursorEl.style.left = msg.x + "px";
-        cursorEl.style.top = msg.y + "px";
+        cursorEl.style.left = (100 * msg.x / canvas.width) + "%";
+        cursorEl.style.top = (100 * msg.y / canvas.height) + "%";
       } else if (msg.type === "error") {
         live.lastError = msg.code;
         console.warn("live view:", msg.message);
@@ -180,6 +181,10 @@
   // Text from input methods (composition) arrives whole.
   canvas.addEventListener("compositionend", (e) => {
     if (live.canInput && e.data) send({ type: "text", text: e.data });
+  });
+
+  document.getElementById("actual").addEventListener("change", (e) => {
+    document.body.classList.toggle("actual", e.target.checked);
   });
 
   connect();
