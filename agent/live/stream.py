@@ -2,11 +2,11 @@
 
 One *hub* runs while at least one viewer is connected. Each tick it asks the computer's
 read connection for the areas X DAMAGE saw drawn on (screen.py, the same capture path as
-screenshots), diffs them against its own copy of the screen in 64-row bands, and marks the
-bands whose rows really changed on every viewer. A viewer keeps, per band, only the bounding box
-of what changed there since its last frame: its backlog is bounded by the screen, never by
-time. It sends a frame (the marked boxes as JPEG tiles, cut from the hub's current copy)
-only when fewer than MAX_IN_FLIGHT of its frames are unacknowledged, so a slow viewer gets
+screenshots), compares their rows with its own copy of the screen, and marks what really
+changed on every viewer. A viewer keeps, per 64-row band, only the bounding box of what
+changed there since its last frame: its backlog is bounded by the screen, never by time.
+It sends a frame (the marked boxes as JPEG tiles, cut from the hub's current copy) only
+when fewer than MAX_IN_FLIGHT of its frames are unacknowledged, so a slow viewer gets
 fewer, fresher frames; its JPEG quality follows how fast its acknowledgements come back.
 While the screen is still nothing is sent (the WebSocket's own pings keep it alive).
 
@@ -239,7 +239,11 @@ class Viewer:
     # -- the sender ----------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Send until cancelled (the page left)."""
+        """Send until cancelled or the connection breaks (the page left)."""
+        with contextlib.suppress(ConnectionError):
+            await self._send_loop()
+
+    async def _send_loop(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
