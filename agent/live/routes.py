@@ -49,6 +49,9 @@ def _static(name: str) -> str:
 
 @routes.post("/live/links")
 async def create_link(request: web.Request) -> web.Response:
+    if request.app[SETTINGS].tokens and bearer_token(request) is None:
+        # Authenticated by a session cookie: a session must not renew itself for ever.
+        raise Forbidden("links are minted with an API token, not from a browser session")
     body = await request_json(request)
     granted = request.get(SCOPE_KEY, "read")
     scope = body.get("scope") or ("read" if granted == "read" else "write")

@@ -374,6 +374,9 @@ async def test_links_are_single_use_and_bounded_by_scope(make_client: MakeClient
             assert resp.status == 401
         async with browser.get(base + "/live") as resp:
             assert resp.status == 401
+        # A session cannot mint links (and so outlive its expiry).
+        async with browser.post(base + "/live/links", headers=session, json={}) as resp:
+            assert resp.status == 403
         # The cookie of a daemon on another port of the same host is not this one's.
         async with browser.get(base + "/live", headers={
                 "Cookie": f"agent_session_1={cookie.value}"}) as resp:
