@@ -108,7 +108,9 @@ async def live_asset(request: web.Request) -> web.Response:
 
 @routes.get("/live/stream")
 async def live_stream(request: web.Request) -> web.WebSocketResponse:
-    ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=request.app[SETTINGS].max_body_bytes)
+    # No permessage-deflate: frames are JPEG already, deflating them only costs CPU.
+    ws = web.WebSocketResponse(heartbeat=20.0, compress=False,
+                               max_msg_size=request.app[SETTINGS].max_body_bytes)
     if not ws.can_prepare(request).ok:
         raise BadRequest("this endpoint speaks WebSocket: send a GET with Upgrade: websocket",
                          code="websocket_required")
