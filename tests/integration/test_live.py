@@ -41,8 +41,8 @@ def viewer(xvfb: Xvfb) -> Iterator[Chromium]:
         yield browser
 
 
-async def live_client(make_client: MakeClient, xvfb: Xvfb, chromium: Chromium,
-                      caplog: pytest.LogCaptureFixture | None = None) -> TestClient[Any, Any]:
+async def live_client(make_client: MakeClient, xvfb: Xvfb,
+                      chromium: Chromium) -> TestClient[Any, Any]:
     return await make_client(display=xvfb.name, cdp_address=chromium.address)
 
 
@@ -338,10 +338,14 @@ async def test_viewer_reconnects_by_itself(make_client: MakeClient, xvfb: Xvfb,
                            what="frames after the reconnection")
 
 
+ALLOWED_ORIGIN = "http://127.0.0.1:1"
+
+
 async def test_links_are_single_use_and_bounded_by_scope(make_client: MakeClient,
                                                          xvfb: Xvfb,
                                                          chromium: Chromium) -> None:
-    client = await live_client(make_client, xvfb, chromium)
+    client = await make_client(display=xvfb.name, cdp_address=chromium.address,
+                               allowed_origins=(ALLOWED_ORIGIN,))
     link = await mint(client, scope="read")
     assert link["target"] == "/live"
     async with aiohttp.ClientSession() as browser:
@@ -365,13 +369,17 @@ async def test_links_are_single_use_and_bounded_by_scope(make_client: MakeClient
         async with browser.post(base + "/computer/move_mouse", headers=session,
                                 json={"x": 1, "y": 1}) as resp:
             assert resp.status == 403
-        # Another origin cannot use it, even with the cookie.
+        # Another origin cannot use it, even with the cookie; not even one allowed to call
+        # the API (AGENT_ALLOWED_ORIGINS: with a token of its own, not with the cookie).
         async with browser.get(base + "/live", headers={**session,
-                                                        "Origin": "http://127.0.0.1:1"}) as resp:
+                                                        "Origin": ALLOWED_ORIGIN}) as resp:
             assert resp.status == 401
+        async with browser.get(base + "/live", headers={**session,
+                                                        "Origin": "http://127.0.0.1:2"}) as resp:
+            assert resp.status == 403
         async with browser.get(base + "/live", headers={**session,
                                                         "Sec-Fetch-Site": "same-site"}) as resp:
-            assert resp.status == 401
+            assert resp.status == 403
         async with browser.get(base + "/live") as resp:
             assert resp.status == 401
         # A session cannot mint links (and so outlive its expiry).
