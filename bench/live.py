@@ -140,17 +140,27 @@ def bench(page: Page, view: Page, client: Client, port: int, pid: int,
     # 1. input-to-pixels latency: live view vs POST click + screenshot polling.
     ours, theirs = [], []
     expr = VIEWER_CLICK % {"px": PROBE[0], "py": PROBE[1], "bx": BUTTON[0], "by": BUTTON[1]}
+    canvas_probe = ("Array.from(document.getElementById('screen').getContext('2d')"
+                    f".getImageData({PROBE[0]}, {PROBE[1]}, 1, 1).data)")
     for _ in range(rounds):
+        # The viewer shows the screen as it is before each click (so that the change
+        # waited for is the click's, not the previous round's).
+        wait_until(lambda: not _far(view.eval(canvas_probe), pixel_of(client, PROBE)),
+                   timeout=10, what="the viewer to catch up")
         ours.append(float(view.call("Runtime.evaluate", expression=expr, awaitPromise=True,
                                     returnByValue=True)["result"]["value"]))
         theirs.append(baseline_click(client))
-    failed = sum(1 for v in ours + theirs if v < 0)
+    failed = sum(1 for v in ours if v < 0)
+    failed_baseline = sum(1 for v in theirs if v < 0)
+    ours = [v for v in ours if v >= 0] or [float("inf")]
+    theirs = [v for v in theirs if v >= 0] or [float("inf")]
     mo, mt = statistics.median(ours), statistics.median(theirs)
     ok = mo <= 60 and failed == 0
     print(f"{'click -> pixels in viewer':34s} live {mo:7.1f} ms (p90 {_p90(ours):6.1f}) | "
           f"POST click + screenshot polling {mt:7.1f} ms | {mt / mo:5.1f}x "
           f"(target median <= 60 ms) {'PASS' if ok else 'FAIL'}"
-          + (f" [{failed} rounds saw no change]" if failed else ""))
+          + (f" [{failed} live rounds saw no change]" if failed else "")
+          + (f" [{failed_baseline} baseline rounds saw no change]" if failed_baseline else ""))
     results.append(ok)
 
     # 2. frames per second while the page scrolls continuously.
