@@ -151,6 +151,7 @@ async def live_stream(request: web.Request) -> web.WebSocketResponse:
                     if isinstance(seq, int):
                         viewer.ack(seq)
                 else:
+                    hub.poke()
                     await forwarder.offer(message)
         finally:
             request.app[SOCKETS].discard(ws)
