@@ -103,6 +103,8 @@ class CdpManager:
         self._subscribers: dict[str | None, set[EventQueue]] = {}
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # Sees every event of every session first (the telemetry capture); must not block.
+        self.on_event: Callable[[Event], None] | None = None
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -170,6 +172,8 @@ class CdpManager:
                     if future is not None and not future.done():
                         future.set_result(message)
                     continue
+                if self.on_event is not None:
+                    self.on_event(message)
                 for queue in self._subscribers.get(message.get("sessionId"), ()):
                     queue.put_nowait(message)
 
