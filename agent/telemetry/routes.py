@@ -22,6 +22,9 @@ from agent.telemetry.manager import Telemetry
 
 TELEMETRY = web.AppKey("telemetry", Telemetry)
 
+MAX_FILTERS = 10
+MAX_NAME = 64
+MAX_INSTANT = 64
 DEFAULT_SINCE_US = 5 * 60 * 1_000_000
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h|d)")
 _UNITS_US = {"ns": 0.001, "us": 1, "µs": 1, "ms": 1000, "s": 1_000_000, "m": 60_000_000,
@@ -31,14 +34,20 @@ routes = web.RouteTableDef()
 
 
 def _set(params: dict[str, Any], name: str) -> frozenset[str]:
-    """A filter given as repeated parameters and/or comma-separated values (checked
-    against the spec by request_query)."""
-    return frozenset(str(value).strip() for value in params.get(name, []))
+    """A filter given as repeated parameters and/or comma-separated values (their number
+    checked against the spec by request_query)."""
+    values = frozenset(str(value).strip() for value in params.get(name, []))
+    if len(values) > MAX_FILTERS or any(len(value) > MAX_NAME for value in values):
+        raise BadRequest(f"{name}: at most {MAX_FILTERS} names of at most {MAX_NAME} "
+                         "characters", details=[field_error(name, "too many or too long")])
+    return values
 
 
 def _instant(name: str, text: str, now_us: int) -> int:
     """An RFC 3339 timestamp, or a duration like `5m` meaning that long ago (Unix µs)."""
     text = text.strip()
+    if len(text) > MAX_INSTANT:
+        raise BadRequest(f"{name} is too long", details=[field_error(name, "too long")])
     pieces = _DURATION.findall(text)
     if pieces and "".join(n + u for n, u in pieces) == text:
         return now_us - round(sum(float(n) * _UNITS_US[u] for n, u in pieces))
