@@ -282,6 +282,35 @@ async def test_resume_replay_filters_and_gaps(make_client: MakeClient, xvfb: Xvf
     assert bad.status == 400
 
 
+async def test_a_slow_reader_gets_a_gap_marker_and_never_holds_up_capture(
+        make_client: MakeClient, xvfb: Xvfb, chromium: Chromium, tmp_path: Path) -> None:
+    await chromium.open("")
+    client = await make_client(display=xvfb.name, cdp_address=chromium.address,
+                               telemetry_dir=str(tmp_path / "t"), telemetry_categories="console",
+                               telemetry_buffer=40)
+    await capturing(client)
+    stream = await open_stream(client)  # and then not read for a while
+    start = (await (await client.get("/health")).json())["telemetry"]["last_seq"]
+    # 600 events of 20 kB: 12 MB, more than the sockets between us can hold
+    await chromium.open("<script>for (let i = 0; i < 600; i++) "
+                        "console.log('s' + i, 'z'.repeat(20000))</script>")
+
+    async def published() -> bool:
+        body = await (await client.get("/health")).json()
+        return bool(body["telemetry"]["last_seq"] >= start + 600)
+    await async_wait_until(published, timeout=WAIT, what="capture to go on regardless")
+
+    frames = await stream.until(lambda f: f.data.get("text") == "s599")
+    gaps = [f for f in frames if f.envelope is None]
+    assert gaps and all(g.comments[0].startswith("gap: events") for g in gaps)
+    assert increasing(frames)
+    delivered = [f for f in events(frames) if f.data.get("text", "").startswith("s")]
+    missed = sum(int(g.comments[0].split("(")[1].split(")")[0]) for g in gaps)
+    assert len(delivered) + missed == 600
+    assert delivered[-1].data["text"] == "s599"
+    stream.response.close()
+
+
 async def test_an_oversized_event_is_sent_without_its_data(telemetry: Client,
                                                            chromium: Chromium) -> None:
     await capturing(telemetry)
