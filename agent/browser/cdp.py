@@ -17,6 +17,7 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
@@ -163,8 +164,8 @@ class CdpManager:
         with contextlib.suppress(ConnectionClosed):
             async for raw in ws:
                 try:
-                    message = json.loads(raw)
-                except ValueError:
+                    message = orjson.loads(raw)
+                except orjson.JSONDecodeError:
                     log.warning("DevTools sent a non-JSON message; ignored")
                     continue
                 if "id" in message:
@@ -173,7 +174,10 @@ class CdpManager:
                         future.set_result(message)
                     continue
                 if self.on_event is not None:
-                    self.on_event(message)
+                    try:
+                        self.on_event(message)
+                    except Exception:  # a bug there must not end the connection
+                        log.exception("DevTools event handler failed")
                 for queue in self._subscribers.get(message.get("sessionId"), ()):
                     queue.put_nowait(message)
 

@@ -108,10 +108,17 @@ def remote_object_text(obj: Any) -> str:
     return text[:MAX_ARG_CHARS]
 
 
+_FRAME_KEYS = frozenset({"functionName", "scriptId", "url", "lineNumber", "columnNumber"})
+
+
 def stack_trace(raw: Any, depth: int = 0) -> Event | None:
     """A Runtime.StackTrace in the spec's BrowserCallStack shape (CDP field names)."""
     if not isinstance(raw, dict) or depth > 8:
         return None
+    calls = raw.get("callFrames")
+    if (depth == 0 and isinstance(calls, list) and len(calls) <= 8 and raw.keys() == {"callFrames"}
+            and all(isinstance(f, dict) and f.keys() == _FRAME_KEYS for f in calls)):
+        return raw  # the common case, already in shape (Chromium's own fields)
     frames = []
     for frame in raw.get("callFrames", [])[:64]:
         if not isinstance(frame, dict):

@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from agent.streams import Gap
 
 MAX_ENVELOPE_BYTES = 1 << 20
 BATCH = 512  # entries handed to a reader at once
+COALESCE_S = 0.005  # under a flood, a reader takes what came in this long at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,15 +34,18 @@ class Record:
     text: str  # the envelope as JSON
 
 
+def _encode(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
 def encode(seq: int, event: dict[str, Any]) -> str:
     """The envelope `{seq, event}` as compact JSON; one over 1 MB loses its `data` and says
     so with `truncated: true`."""
-    text = json.dumps({"seq": seq, "event": event}, separators=(",", ":"), ensure_ascii=False)
+    text = f'{{"seq":{seq},"event":{_encode(event)}}}'
     if len(text) > MAX_ENVELOPE_BYTES // 4 and len(text.encode()) > MAX_ENVELOPE_BYTES:
         slim = {key: value for key, value in event.items() if key != "data"}
         slim["truncated"] = True
-        text = json.dumps({"seq": seq, "event": slim}, separators=(",", ":"),
-                          ensure_ascii=False)
+        text = f'{{"seq":{seq},"event":{_encode(slim)}}}'
     return text
 
 
@@ -120,8 +125,14 @@ class TelemetryHub:
                      ) -> AsyncIterator[Gap | list[Record]]:
         """Batches of entries after `after` (and Gaps) as they come; an empty batch after
         `idle_s` without any (time for a keepalive); ends when the hub closes, or (with
-        `stop_when_idle`) once everything held has been handed out."""
+        `stop_when_idle`) once everything held has been handed out. Under a flood, batches
+        are at least COALESCE_S apart: one write for many events instead of one each."""
+        loop = asyncio.get_running_loop()
+        last = 0.0
         while True:
+            pause = last + COALESCE_S - loop.time()
+            if pause > 0:
+                await asyncio.sleep(pause)
             item = self.read(after)
             if isinstance(item, Gap):
                 after = item.last
@@ -129,6 +140,7 @@ class TelemetryHub:
                 continue
             if item:
                 after = item[-1].seq
+                last = loop.time()
                 yield item
                 continue
             if self._closed or stop_when_idle:
