@@ -391,8 +391,8 @@ class TelemetryCapture:
 
     def _navigated(self, session: Session, frame: Event) -> None:
         self._emit(mapping.navigation(frame, session.ctx))
-        if frame.get("parentId"):
-            return
+        if frame.get("parentId") and frame.get("id") != session.ctx.target_id:
+            return  # a subframe (an out-of-process iframe's own frame has its target's id)
         ctx = session.ctx
         ctx.frame_id = str(frame.get("id", ""))
         ctx.loader_id = str(frame.get("loaderId", ""))

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 from browser_support import SupervisedChromium, serving, supervised_chromium
 from conftest import READ, WRITE, MakeClient
@@ -172,6 +173,52 @@ async def test_a_page_produces_the_expected_events_in_order(
         assert second["url"] == f"{site}/second" and second["nav_seq"] == load["nav_seq"] + 1
         assert of_type(more, "network_idle")  # a page without subresources too
         stream.response.close()
+
+
+async def test_new_tabs_cross_site_iframes_and_workers_are_seen_from_their_start(
+        telemetry: Client, chromium: Chromium) -> None:
+    await capturing(telemetry)
+    port = free_port()
+    app = site_app({
+        "/main": "<script>console.log('from main');"
+                 "new Worker('/worker.js')</script>"
+                 f"<iframe src='http://localhost:{port}/frame'></iframe>",
+        "/frame": "<script>console.log('from frame')</script>"})
+
+    async def worker(request: web.Request) -> web.Response:
+        return web.Response(text="console.log('from worker')",
+                            content_type="application/javascript")
+    app.router.add_get("/worker.js", worker)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    browser_ws = (await asyncio.to_thread(chromium.http_json, "/json/version"))[
+        "webSocketDebuggerUrl"]
+    stream = await open_stream(telemetry, "?type=console_log,page_tab_opened")
+    created = await chromium.cdp("Target.createTarget", {"url": f"http://127.0.0.1:{port}/main"},
+                                 ws_url=browser_ws)
+    tab = created["targetId"]
+    try:
+        frames = await until_all(stream, [
+            lambda f: f.data.get("text") == "from main",
+            lambda f: f.data.get("text") == "from frame",
+            lambda f: f.data.get("text") == "from worker"])
+        opened = of_type(frames, "page_tab_opened")
+        assert [f.data["target_id"] for f in opened] == [tab]
+        by_text = {f.data.get("text"): f.data for f in of_type(frames, "console_log")}
+        main = by_text["from main"]
+        assert main["target_id"] == tab and main["target_type"] == "page"
+        assert main["url"] == f"http://127.0.0.1:{port}/main"
+        frame = by_text["from frame"]  # a cross-site iframe: a target of its own
+        assert frame["target_type"] == "other" and frame["target_id"] != tab
+        assert frame["url"] == f"http://localhost:{port}/frame"
+        assert by_text["from worker"]["target_type"] == "other"
+        assert by_text["from worker"]["session_id"] not in (main["session_id"],
+                                                             frame["session_id"])
+    finally:
+        await chromium.cdp("Target.closeTarget", {"targetId": tab}, ws_url=browser_ws)
+        stream.response.close()
+        await runner.cleanup()
 
 
 INTERACTIVE = """<body style='margin:0'>
