@@ -242,6 +242,8 @@ class TelemetryCapture:
                     gone.cancel_timers()
             elif method == "Target.targetCreated":
                 self._target_created(params.get("targetInfo") or {})
+            elif method == "Target.targetDestroyed":
+                self._seen_tabs.discard(str(params.get("targetId", "")))
             elif session_id is not None:
                 session = self._sessions.get(session_id)
                 if session is not None:
