@@ -65,6 +65,7 @@ class Session:
     loaded: bool = False
     dcl: bool = False
     settle_timer: asyncio.TimerHandle | None = None
+    ready: bool = False  # its domains are enabled: events are being captured
     gone: bool = False
 
     @property
@@ -131,7 +132,7 @@ class TelemetryCapture:
 
     def snapshot(self) -> dict[str, Any]:
         body: dict[str, Any] = {"state": self.state, "categories": sorted(self.categories),
-                                "targets": len(self._sessions)}
+                                "targets": sum(s.ready for s in self._sessions.values())}
         if self._cdp is not None and self._cdp.error and self.state != "capturing":
             body["error"] = self._cdp.error
         return body
@@ -320,6 +321,7 @@ class TelemetryCapture:
         except AgentError as exc:
             log.debug("telemetry: setting up %s failed: %s", session.ctx.target_id, exc)
         finally:
+            session.ready = True
             if waiting:
                 await self._resume(session.ctx.session_id)
 
