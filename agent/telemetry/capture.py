@@ -430,7 +430,8 @@ class TelemetryCapture:
                 "method": str(request.get("method", "")),
                 "frame_id": str(params.get("frameId", "")),
                 "loader_id": str(params.get("loaderId", "")),
-                "resource_type": str(params.get("type", "")), "response": None}
+                "resource_type": str(params.get("type", "")), "response": None,
+                "started": params.get("timestamp")}
             session.inflight.add(request_id)
             session.busy = True
             if session.idle_timer is not None:
@@ -447,6 +448,8 @@ class TelemetryCapture:
             self._finished(session, request_id)
             if known is not None and known.get("response") is not None \
                     and "network" in self.categories:
+                known["finished"] = params.get("timestamp")
+                known["encoded_data_length"] = params.get("encodedDataLength")
                 self._spawn(self._respond(session, known))
         elif method == "Network.loadingFailed":
             known = session.requests.pop(request_id, None)

@@ -224,6 +224,13 @@ def response_done(request: Event, response: Event, ctx: Context, body: str | Non
         data["resource_type"] = request["resource_type"]
     if body is not None:
         data["body"] = body
+    if isinstance(response.get("timing"), dict):
+        data["timing"] = response["timing"]
+    started, finished = request.get("started"), request.get("finished")
+    if isinstance(started, int | float) and isinstance(finished, int | float):
+        data["duration_ms"] = round((finished - started) * 1000.0, 3)
+    if isinstance(request.get("encoded_data_length"), int | float):
+        data["encoded_data_length"] = int(request["encoded_data_length"])
     out = event("network_response", "Network.loadingFinished", data)
     if cut:
         out["truncated"] = True

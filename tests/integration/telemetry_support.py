@@ -19,6 +19,16 @@ ENVELOPE = Draft202012Validator({"$ref": "#/components/schemas/TelemetryEventEnv
                                  "components": spec_document()["components"]})
 
 
+HEALTH = Draft202012Validator({"$ref": "#/components/schemas/HealthResponse",
+                               "components": spec_document()["components"]})
+
+
+def check_health(body: dict[str, Any]) -> dict[str, Any]:
+    errors = sorted(HEALTH.iter_errors(body), key=str)
+    assert not errors, f"{body} does not match HealthResponse: {errors[0]}"
+    return body
+
+
 def check(envelope: dict[str, Any]) -> dict[str, Any]:
     """The envelope, after checking it against TelemetryEventEnvelope (and that it carries
     the SDK's `category`)."""

@@ -19,7 +19,7 @@ from browser_support import SupervisedChromium, serving, supervised_chromium
 from conftest import READ, WRITE, MakeClient
 from helpers import Chromium, Xvfb, async_wait_until, free_port, running_xvfb
 from kernel import AsyncKernel
-from telemetry_support import Frame, Stream, check, events, of_type, site_app
+from telemetry_support import Frame, Stream, check, check_health, events, of_type, site_app
 
 Client = TestClient[Any, Any]
 WAIT = 20.0
@@ -60,7 +60,7 @@ def increasing(frames: list[Frame]) -> bool:
 async def capturing(client: Client) -> None:
     """Until the capture is attached to the page (so the next navigation is seen)."""
     async def ready() -> bool:
-        body = await (await client.get("/health")).json()
+        body = check_health(await (await client.get("/health")).json())
         return bool(body["telemetry"]["state"] == "capturing" and body["telemetry"]["targets"])
     await async_wait_until(ready, timeout=WAIT, what="telemetry to attach")
 
@@ -137,6 +137,8 @@ async def test_a_page_produces_the_expected_events_in_order(
         ok = responses[f"{site}/ok"]
         assert ok["status"] == 200 and ok["mime_type"] == "application/json"
         assert json.loads(ok["body"]) == {"ok": True, "n": ""} and ok["method"] == "GET"
+        assert ok["duration_ms"] >= 0 and ok["encoded_data_length"] > 0
+        assert ok["timing"]["receiveHeadersEnd"] >= ok["timing"]["sendStart"]
         assert ok["request_id"] == requests[f"{site}/ok"]["request_id"]
         assert requests[f"{site}/ok"]["resource_type"] == "Fetch"
         assert requests[f"{site}/ok"]["initiator_type"] == "script"
@@ -460,7 +462,7 @@ async def test_config_changes_take_effect(make_client: MakeClient, xvfb: Xvfb,
     config = await (await client.get("/telemetry/config", headers=READ)).json()
     assert config == {"browser": {k: {"enabled": False}
                                   for k in ("console", "network", "page", "interaction")}}
-    health = await (await client.get("/health")).json()
+    health = check_health(await (await client.get("/health")).json())
     assert health["telemetry"]["state"] == "off"
     assert not (tmp_path / "t").exists()  # nothing captured, nothing written
 
