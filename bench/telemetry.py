@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -34,6 +35,7 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from helpers import free_port, running_chromium, running_xvfb, wait_until
+from process_helpers import browser_user_env
 
 TOKEN = "bench-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -259,6 +261,7 @@ def main() -> None:
              "--api-token", TOKEN, "--cdp-proxy-port", "0", "--log-level", "warning",
              "--telemetry-dir", f"{state}/telemetry"],
             cwd=Path(__file__).resolve().parent.parent,
+            env={**os.environ, **browser_user_env()},
         )
         base = f"http://127.0.0.1:{port}"
 

@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from browser_support import SupervisedChromium, serving, supervised_chromium
-from conftest import READ, WRITE, MakeClient
+from conftest import ADMIN_TOKEN, READ, WRITE, MakeClient
 from helpers import Chromium, Xvfb, async_wait_until, free_port, running_xvfb
 from kernel import AsyncKernel
 from telemetry_support import Frame, Stream, check, check_health, events, of_type, site_app
@@ -549,7 +549,7 @@ async def test_capture_survives_a_chromium_restart(make_client: MakeClient,
 
 @pytest.fixture
 async def sdk(telemetry: Client) -> AsyncIterator[AsyncKernel]:
-    client = AsyncKernel(api_key="test-admin", base_url=str(telemetry.make_url("")).rstrip("/"),
+    client = AsyncKernel(api_key=ADMIN_TOKEN, base_url=str(telemetry.make_url("")).rstrip("/"),
                          max_retries=0, timeout=60)
     async with client:
         yield client
