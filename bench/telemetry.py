@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from helpers import free_port, running_chromium, running_xvfb, wait_until
 from process_helpers import browser_user_env
 
-TOKEN = "bench-token"
+TOKEN = "bench-telemetry-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 CATEGORIES = ("console", "network", "page", "interaction")
 GIF = bytes.fromhex("47494638396101000100800000000000ffffff21f90401000000002c00000000"
