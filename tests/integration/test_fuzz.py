@@ -26,6 +26,7 @@ import pytest
 import schemathesis
 from helpers import Chromium, Supervisord, Xvfb, free_port, running_supervisord, wait_until
 from hypothesis import HealthCheck, settings
+from playwright_support import runtime_dir_for
 from process_helpers import browser_user, browser_user_env
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -111,6 +112,13 @@ def supervisor() -> Iterator[Supervisord]:
         yield running
 
 
+def playwright_env() -> dict[str, str]:
+    """A Playwright runtime the browser user can read (a copy if the checkout is private)."""
+    user = browser_user()
+    directory = runtime_dir_for(user) if user else ""
+    return {"AGENT_PLAYWRIGHT_DIR": directory} if directory else {}
+
+
 @pytest.fixture(scope="module")
 def daemon(xvfb: Xvfb, chromium: Chromium, supervisor: Supervisord,
            scratch: str) -> Iterator[str]:
@@ -122,7 +130,7 @@ def daemon(xvfb: Xvfb, chromium: Chromium, supervisor: Supervisord,
          "--extensions-dir", f"{scratch}/extensions", "--log-level", "warning",
          "--telemetry-dir", f"{scratch}/telemetry"],
         cwd=scratch, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, **browser_user_env()},
+        env={**os.environ, **browser_user_env(), **playwright_env()},
     )
     base = f"http://127.0.0.1:{port}"
 
