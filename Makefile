@@ -68,6 +68,7 @@ bench: setup
 	$(BIN)/python bench/processes.py
 	$(BIN)/python bench/browser.py
 	$(BIN)/python bench/playwright.py
+	$(BIN)/python bench/telemetry.py
 
 image: setup
 	bash images/build.sh
