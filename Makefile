@@ -69,6 +69,7 @@ bench: setup
 	$(BIN)/python bench/browser.py
 	$(BIN)/python bench/live.py
 	$(BIN)/python bench/playwright.py
+	$(BIN)/python bench/telemetry.py
 
 image: setup
 	bash images/build.sh

@@ -38,6 +38,7 @@ from agent.playwright import routes as playwright_routes
 from agent.processes import routes as processes_routes
 from agent.sessions import SessionStore
 from agent.spec import ALIAS_PREFIX, is_stream, operation_for, spec_json, spec_text
+from agent.telemetry import routes as telemetry_routes
 
 __all__ = ["SETTINGS", "create_app"]
 
@@ -50,7 +51,7 @@ _STATUS_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SLICES = (computer_routes, files_routes, processes_routes, logs_routes, browser_routes,
-          playwright_routes, live_routes, display_routes)
+          playwright_routes, telemetry_routes, live_routes, display_routes)
 
 
 def error_response(exc: AgentError, request_id: str | None = None) -> web.Response:
