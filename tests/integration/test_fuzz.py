@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 import schemathesis
+from conftest import SCREEN_H, SCREEN_W
 from helpers import Chromium, Supervisord, Xvfb, free_port, running_supervisord, wait_until
 from hypothesis import HealthCheck, settings
 from playwright_support import runtime_dir_for
@@ -127,7 +128,8 @@ def daemon(xvfb: Xvfb, chromium: Chromium, supervisor: Supervisord,
         [sys.executable, "-m", "agent", "--port", str(port), "--display", xvfb.name,
          "--cdp-address", chromium.address, "--api-token", TOKEN,
          "--cdp-proxy-port", "0", "--supervisor-socket", supervisor.socket,
-         "--extensions-dir", f"{scratch}/extensions", "--log-level", "warning"],
+         "--extensions-dir", f"{scratch}/extensions", "--log-level", "warning",
+         "--telemetry-dir", f"{scratch}/telemetry"],
         cwd=scratch, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, **browser_user_env(), **playwright_env()},
     )
@@ -159,8 +161,18 @@ def test_no_server_errors_and_answers_match_the_spec(case: Any, daemon: str,
             tame(part, scratch)
     if isinstance(case.query, dict) and "follow" in case.query:
         case.query["follow"] = False  # a followed log never ends by itself
+    if case.path in ("/telemetry", "/telemetry/stream"):
+        case.query = {**(case.query or {}), "follow": False}  # nor does a telemetry stream
     response = case.call(base_url=daemon, headers={"Authorization": f"Bearer {TOKEN}"},
                          timeout=30)
+    if case.method.upper() == "PATCH" and case.path == "/display":
+        # The X server is shared with the other tests: give it its size back.
+        restore = urllib.request.Request(
+            daemon + "/display", method="PATCH",
+            data=f'{{"width": {SCREEN_W}, "height": {SCREEN_H}}}'.encode(),
+            headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
+        with urllib.request.urlopen(restore, timeout=30) as answer:
+            assert answer.status == 200
     case.validate_response(
         response,
         checks=[not_a_server_error, status_code_conformance, content_type_conformance,
