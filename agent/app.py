@@ -23,6 +23,7 @@ from agent.errors import AgentError, Forbidden, InternalError, NotFound
 from agent.files import routes as files_routes
 from agent.logs import routes as logs_routes
 from agent.processes import routes as processes_routes
+from agent.replays import routes as replays_routes
 from agent.spec import ALIAS_PREFIX, operation_for, spec_json, spec_text
 
 __all__ = ["SETTINGS", "create_app"]
@@ -35,7 +36,8 @@ _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _STATUS_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-SLICES = (computer_routes, files_routes, processes_routes, logs_routes, browser_routes)
+SLICES = (computer_routes, files_routes, processes_routes, logs_routes, browser_routes,
+          replays_routes)
 
 
 def error_response(exc: AgentError, request_id: str | None = None) -> web.Response:
