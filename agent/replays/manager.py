@@ -14,6 +14,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -100,8 +101,10 @@ class ReplayManager:
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        """Make the directory (private to the daemon) and load what earlier runs left; a
-        recording that was running when the daemon died is finalised with what it has."""
+        """Load what earlier runs left; a recording that was running when the daemon died
+        is finalised with what it has. (The directory is made by the first recording.)"""
+        if not await asyncio.to_thread(self.directory.exists):
+            return
         try:
             await asyncio.to_thread(self._prepare_dir)
             infos = await asyncio.to_thread(self._load_all)
@@ -115,12 +118,14 @@ class ReplayManager:
                 self._recovering[info.replay_id] = asyncio.ensure_future(self._recover(info))
 
     def _prepare_dir(self) -> None:
+        """The directory, owned by the daemon's user and writable by nobody else (not the
+        browser's user: recordings are the daemon's record of what happened)."""
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         st = self.directory.stat()
         if st.st_uid != os.geteuid():
-            raise PermissionError(1, "not owned by the daemon's user")
+            raise PermissionError(errno.EPERM, "not owned by the daemon's user")
         if st.st_mode & 0o022:
-            os.chmod(self.directory, st.st_mode & ~0o022)  # nobody else may write here
+            os.chmod(self.directory, st.st_mode & ~0o022)
 
     def _load_all(self) -> list[ReplayInfo]:
         infos: list[ReplayInfo] = []
@@ -194,6 +199,11 @@ class ReplayManager:
             raise Conflict(f"{self.settings.replays_max_active} recordings are already "
                            "running; stop one first",
                            code="too_many_recordings")
+        try:
+            await asyncio.to_thread(self._prepare_dir)
+        except OSError as exc:
+            raise Unavailable(f"replays are unavailable: {self.directory}: "
+                              f"{exc.strerror or exc}") from None
         info = ReplayInfo.new(framerate or DEFAULT_FRAMERATE, max_duration_s)
         files = ReplayFiles(self.directory, info.replay_id)
         recording = Recording(info, files, ffmpeg=self.settings.ffmpeg,
