@@ -18,6 +18,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from conftest import READ, WRITE, MakeClient
 from helpers import Chromium, Xvfb, async_wait_until, free_port
+from kernel import APIStatusError, AsyncKernel
 from replay_support import (
     NOISE_PAGE,
     RED_PAGE,
@@ -467,3 +468,53 @@ def _start_daemon(port: int, display: str, replays_dir: Path, log: Path
              "--replays-dir", str(replays_dir), "--cdp-proxy-port", "0",
              "--adopt-orphans", "false"],
             env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+# ---------------------------------------------------------------- the official SDK
+
+
+async def test_through_the_official_sdk(api: Client, chromium: Chromium, replays_dir: Path,
+                                        tmp_path: Path) -> None:
+    await chromium.open(RED_PAGE)
+    browser = "this-browser"
+    sdk = AsyncKernel(api_key="test-admin", base_url=str(api.make_url("")).rstrip("/"),
+                      max_retries=0, timeout=60)
+    async with sdk:
+        replays = sdk.browsers.replays
+        started = await replays.start(browser, framerate=12, max_duration_in_seconds=60)
+        assert started.finished_at is None and started.started_at is not None
+        assert started.replay_view_url is not None
+        assert started.replay_view_url.endswith(
+            f"/browsers/{browser}/replays/{started.replay_id}/view")
+
+        pending = await replays.with_raw_response.download(started.replay_id,
+                                                           id_or_name=browser)
+        assert pending.status_code == 202 and int(pending.headers["Retry-After"]) >= 1
+
+        [item] = await replays.list(browser)
+        assert item.replay_id == started.replay_id and item.finished_at is None
+
+        await async_wait_until(lambda: _frames_written(replays_dir, started.replay_id) >= 12,
+                               timeout=WAIT, interval=0.2, what="a whole fragment")
+        assert await replays.stop(started.replay_id, id_or_name=browser) is None
+        await replays.stop(started.replay_id, id_or_name=browser)  # idempotent
+
+        video = await replays.download(started.replay_id, id_or_name=browser)
+        path = tmp_path / "sdk.mp4"
+        await video.write_to_file(path)
+        info = probe(path)
+        assert info.codec == "h264" and info.frame_rate == "12/1" and info.frames >= 12
+        assert is_red(centre(frames(path)[-1]))
+
+        [item] = await replays.list(browser)
+        assert item.finished_at is not None and item.started_at == started.started_at
+
+        with pytest.raises(APIStatusError) as bad:
+            await replays.start(browser, record_audio=True)
+        assert bad.value.status_code == 400
+        with pytest.raises(APIStatusError) as missing:
+            await replays.download("no-such-replay", id_or_name=browser)
+        assert missing.value.status_code == 404
+        with pytest.raises(APIStatusError) as missing:
+            await replays.stop("no-such-replay", id_or_name=browser)
+        assert missing.value.status_code == 404
