@@ -40,13 +40,15 @@ log = logging.getLogger(__name__)
 
 # Encoder settings, measured with bench/replays.py: ultrafast keeps 30 fps at 1920x1080
 # inside one core; zerolatency drops the lookahead and B-frames (a steady, low CPU load and
-# fragments that leave ffmpeg as soon as their keyframe interval ends); CRF 28 keeps text
-# readable at a few MB per minute. One keyframe (so one fragment) per second bounds what a
-# crash can lose to about a second.
+# fragments that leave ffmpeg as soon as they are complete); CRF 28 keeps text readable.
+# Keyframes are what a 1080p recording of a mostly still screen spends its bytes on: one
+# every 4 s (a fragment still ends every second, so a crash loses about a second).
 PRESET = "ultrafast"
 TUNE = "zerolatency"
 CRF = "28"
-FRAGMENT_FLAGS = "frag_keyframe+empty_moov+default_base_moof"
+GOP_S = 4  # seconds between keyframes
+# A fragment every second, whether or not a keyframe starts it: what a crash can lose.
+FRAGMENT_ARGS = ("-movflags", "empty_moov+default_base_moof", "-frag_duration", "1000000")
 
 START_TIMEOUT_S = 15.0  # the first frame must be encoded by then
 STOP_GRACE_S = 5.0  # between SIGINT (ffmpeg writes its last fragment) and SIGKILL
@@ -178,21 +180,22 @@ def record_argv(ffmpeg: str, display: str, framerate: int) -> list[str]:
         # H.264 in 4:2:0 needs even dimensions: pad an odd screen by one pixel.
         "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2",
         "-c:v", "libx264", "-preset", PRESET, "-tune", TUNE, "-crf", CRF,
-        "-pix_fmt", "yuv420p", "-g", str(framerate), "-r", str(framerate),
-        "-movflags", FRAGMENT_FLAGS, "-flush_packets", "1", "-f", "mp4", "pipe:1",
+        "-pix_fmt", "yuv420p", "-g", str(framerate * GOP_S), "-r", str(framerate),
+        *FRAGMENT_ARGS, "-flush_packets", "1", "-f", "mp4", "pipe:1",
     ]
 
 
-def remux_argv(ffmpeg: str, source: Path, dest: Path) -> list[str]:
+def remux_argv(ffmpeg: str, dest: Path) -> list[str]:
+    """The fragmented MP4 arrives on stdin; the regular one goes to `dest`."""
     return [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
-            "-i", str(source), "-c", "copy", "-movflags", "+faststart", "-f", "mp4", str(dest)]
+            "-f", "mp4", "-i", "pipe:0", "-c", "copy", "-movflags", "+faststart",
+            "-f", "mp4", str(dest)]
 
 
-def _spawn(argv: list[str], stdout: int) -> subprocess.Popen[bytes]:
+def _spawn(argv: list[str], stdin: int, stdout: int) -> subprocess.Popen[bytes]:
     try:
-        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout,
-                                stderr=subprocess.PIPE, env=CHILD_ENV, close_fds=True,
-                                start_new_session=True)
+        return subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE,
+                                env=CHILD_ENV, close_fds=True, start_new_session=True)
     except OSError as exc:
         raise Unavailable(f"cannot run {argv[0]!r} to record the screen: "
                           f"{exc.strerror or exc}") from None
@@ -211,38 +214,79 @@ async def _lines(stream: IO[bytes], keep: collections.deque[str]) -> None:
         transport.close()
 
 
-async def remux(ffmpeg: str, source: Path, dest: Path) -> str | None:
-    """Copy the streams of `source` into a regular MP4 with its index up front; None when
-    that worked, else what went wrong."""
-    popen = _spawn(remux_argv(ffmpeg, source, dest), subprocess.DEVNULL)
-    child = Child(popen)
-    errors: collections.deque[str] = collections.deque(maxlen=10)
-    assert popen.stderr is not None
-    reading = asyncio.ensure_future(_lines(popen.stderr, errors))
-    try:
-        status = await asyncio.wait_for(child.wait(), REMUX_TIMEOUT_S)
-    except TimeoutError:
-        await child.terminate(1.0)
-        return f"the remux took longer than {REMUX_TIMEOUT_S:.0f} s"
-    finally:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(reading, 5)
-    if status.exit_code != 0:
-        return "; ".join(errors) or f"ffmpeg exited with {status.exit_code}"
-    return None
+class Remuxer:
+    """An ffmpeg that copies a fragmented MP4 from its stdin into a regular MP4 with its
+    index up front. Started when the recording starts, so at the stop it is loaded and
+    waiting: finishing costs the copy (tens of milliseconds), not ffmpeg's start-up."""
+
+    def __init__(self, ffmpeg: str, dest: Path) -> None:
+        self._popen = _spawn(remux_argv(ffmpeg, dest), subprocess.PIPE, subprocess.DEVNULL)
+        self._child = Child(self._popen)
+        self._errors: collections.deque[str] = collections.deque(maxlen=10)
+        assert self._popen.stderr is not None
+        self._reading = asyncio.ensure_future(_lines(self._popen.stderr, self._errors))
+
+    async def run(self, source: Path, length: int) -> str | None:
+        """Feed the first `length` bytes of `source`; None when the remux worked, else
+        what went wrong."""
+        stdin = self._popen.stdin
+        assert stdin is not None
+        try:
+            await asyncio.to_thread(_send, source, length, stdin)
+        except OSError as exc:
+            problem: str | None = f"feeding the remux failed: {exc.strerror or exc}"
+        else:
+            problem = None
+        finally:
+            stdin.close()
+        try:
+            status = await asyncio.wait_for(self._child.wait(), REMUX_TIMEOUT_S)
+        except TimeoutError:
+            await self._child.terminate(1.0)
+            return f"the remux took longer than {REMUX_TIMEOUT_S:.0f} s"
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._reading, 5)
+        if status.exit_code != 0:
+            return "; ".join(self._errors) or problem or f"ffmpeg exited with {status.exit_code}"
+        return problem
+
+    async def cancel(self) -> None:
+        if self._popen.stdin is not None:
+            self._popen.stdin.close()
+        await self._child.terminate(1.0)
+        await asyncio.gather(self._reading, return_exceptions=True)
 
 
-async def finalise(files: ReplayFiles, info: ReplayInfo, ffmpeg: str) -> None:
+def _send(source: Path, length: int, pipe: IO[bytes]) -> None:
+    with open(source, "rb") as data:
+        offset = 0
+        while offset < length:
+            sent = os.sendfile(pipe.fileno(), data.fileno(), offset, length - offset)
+            if sent == 0:
+                break
+            offset += sent
+
+
+async def finalise(files: ReplayFiles, info: ReplayInfo, ffmpeg: str,
+                   remuxer: Remuxer | None = None) -> None:
     """From `<id>.part.mp4` to `<id>.mp4`, once: cut a torn last fragment, remux, rename.
     Also what a restart runs for a recording the daemon was killed during."""
     end, media = await asyncio.to_thread(playable_end, files.part)
     if not media:
+        if remuxer is not None:
+            await remuxer.cancel()
         info.state, info.error = FAILED, info.error or "no video was recorded"
         await asyncio.to_thread(_discard, files.part, files.remux_tmp)
         await asyncio.to_thread(save_meta, files, info)
         return
     await asyncio.to_thread(os.truncate, files.part, end)
-    problem = await remux(ffmpeg, files.part, files.remux_tmp)
+    try:
+        remuxer = remuxer or Remuxer(ffmpeg, files.remux_tmp)
+    except AgentError as exc:
+        problem: str | None = exc.message
+    else:
+        problem = await remuxer.run(files.part, end)
     if problem is None:
         source = files.remux_tmp
     else:
@@ -297,6 +341,7 @@ class Recording:
         self._stderr: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._finish: asyncio.Task[None] | None = None
+        self._remuxer: Remuxer | None = None
 
     @property
     def pid(self) -> int | None:
@@ -309,7 +354,7 @@ class Recording:
                            | os.O_CLOEXEC, 0o640)
         try:
             popen = _spawn(record_argv(self._ffmpeg, self._display, self.info.framerate),
-                           subprocess.PIPE)
+                           subprocess.DEVNULL, subprocess.PIPE)
         except AgentError:
             os.close(self._fd)
             await asyncio.to_thread(_discard, self.files.part)
@@ -334,6 +379,10 @@ class Recording:
             if "display" in why.lower() or "x11grab" in why.lower():
                 raise DisplayUnavailable(f"cannot record display {self._display}: {why}")
             raise Unavailable(f"cannot record the screen: {why}")
+        try:
+            self._remuxer = Remuxer(self._ffmpeg, self.files.remux_tmp)
+        except AgentError as exc:  # finalise starts one later, or keeps the fragments
+            log.warning("replay %s: %s", self.info.replay_id, exc.message)
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(self.info.max_duration_s, self.finish,
                                       "max_duration_in_seconds reached")
@@ -393,13 +442,15 @@ class Recording:
             with contextlib.suppress(OSError):
                 await asyncio.to_thread(save_meta, self.files, self.info)
         finally:
+            if self._remuxer is not None:
+                await self._remuxer.cancel()  # (already ended when it was used)
             self._on_finished(self)
 
     async def _finalise_once(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        # (On disk the state stays "recording" until done: a restart finalises either alike.)
         self.info.state = FINALISING
-        await asyncio.to_thread(save_meta, self.files, self.info)
         child = self._child
         assert child is not None and self._pump is not None and self._stderr is not None
         if child.status is None:
@@ -413,9 +464,9 @@ class Recording:
         status = child.status
         if status is not None and status.exit_code not in (0, 255) and self._errors:
             self.info.error = "; ".join(self._errors)
-        await asyncio.to_thread(_close_synced, self._fd)
+        os.close(self._fd)  # the remux reads it from the page cache; no fsync needed
         self._fd = -1
-        await finalise(self.files, self.info, self._ffmpeg)
+        await finalise(self.files, self.info, self._ffmpeg, self._remuxer)
         log.info("replay %s finished (%s): %s, %d bytes", self.info.replay_id,
                  self.info.stop_reason, self.info.state, self.info.size)
 
@@ -425,10 +476,4 @@ def _write_all(fd: int, data: bytes) -> None:
     while view:
         view = view[os.write(fd, view):]
 
-
-def _close_synced(fd: int) -> None:
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 

@@ -12,7 +12,7 @@ import pytest
 from agent.config import ConfigError, load_settings, make_settings
 from agent.errors import BadRequest
 from agent.replays.manager import ReplayManager
-from agent.replays.recorder import FRAGMENT_FLAGS, playable_end
+from agent.replays.recorder import FRAGMENT_ARGS, playable_end
 
 
 def _fragmented(path: Path, seconds: int = 6, fps: int = 10) -> None:
@@ -21,7 +21,7 @@ def _fragmented(path: Path, seconds: int = 6, fps: int = 10) -> None:
         ["ffmpeg", "-v", "error", "-nostdin", "-f", "lavfi",
          "-i", f"testsrc2=size=320x240:rate={fps}:duration={seconds}",
          "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-g", str(fps),
-         "-movflags", FRAGMENT_FLAGS, "-f", "mp4", str(path)], check=True)
+         *FRAGMENT_ARGS, "-f", "mp4", str(path)], check=True)
 
 
 def _decode(path: Path) -> tuple[int, str]:
