@@ -159,7 +159,8 @@ def through_daemon(api: Api, daemon_proc: psutil.Process, chromium: Chromium, fp
     status, body = api.call("POST", "/replays", {"framerate": fps})
     assert status == 201, body
     replay_id = json.loads(body)["replay_id"]
-    [ffmpeg] = [c for c in daemon_proc.children() if c.name() == "ffmpeg"]
+    [ffmpeg] = [c for c in daemon_proc.children()
+                if c.name() == "ffmpeg" and "x11grab" in c.cmdline()]
     time.sleep(1.0)  # past x264's start-up
     c0, d0, p0, t0 = cpu_of(ffmpeg), cpu_of(daemon_proc), painted(chromium), time.monotonic()
     time.sleep(seconds)

@@ -451,6 +451,7 @@ class Recording:
             self._timer.cancel()
         # (On disk the state stays "recording" until done: a restart finalises either alike.)
         self.info.state = FINALISING
+        began = time.monotonic()
         child = self._child
         assert child is not None and self._pump is not None and self._stderr is not None
         if child.status is None:
@@ -466,9 +467,12 @@ class Recording:
             self.info.error = "; ".join(self._errors)
         os.close(self._fd)  # the remux reads it from the page cache; no fsync needed
         self._fd = -1
+        ended = time.monotonic()
         await finalise(self.files, self.info, self._ffmpeg, self._remuxer)
-        log.info("replay %s finished (%s): %s, %d bytes", self.info.replay_id,
-                 self.info.stop_reason, self.info.state, self.info.size)
+        done = time.monotonic()
+        log.info("replay %s finished (%s): %s, %d bytes; ffmpeg ended in %.3f s, the file "
+                 "was ready %.3f s later", self.info.replay_id, self.info.stop_reason,
+                 self.info.state, self.info.size, ended - began, done - ended)
 
 
 def _write_all(fd: int, data: bytes) -> None:
