@@ -55,6 +55,7 @@ bench: setup
 	$(BIN)/python bench/files.py
 	$(BIN)/python bench/processes.py
 	$(BIN)/python bench/browser.py
+	$(BIN)/python bench/replays.py
 
 image: setup
 	bash images/build.sh

@@ -303,10 +303,10 @@ async def finalise(files: ReplayFiles, info: ReplayInfo, ffmpeg: str,
 
 
 def _place(source: Path, dest: Path) -> None:
+    """Durable content under the final name (the directory is synced with the metadata)."""
     with open(source, "rb+") as done:
         os.fsync(done.fileno())
     os.replace(source, dest)
-    _fsync_dir(dest.parent)
 
 
 def _discard(*paths: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,10 +94,19 @@ def is_blue(rgb: tuple[int, int, int]) -> bool:
 
 def recorders(display: str) -> list[psutil.Process]:
     """Live ffmpeg processes grabbing `display`."""
+    return ffmpegs(lambda cmdline: "x11grab" in cmdline and display in cmdline)
+
+
+def remuxers(directory: Path) -> list[psutil.Process]:
+    """Live ffmpeg processes writing into `directory` (the remuxes)."""
+    return ffmpegs(lambda cmdline: any(arg.startswith(f"{directory}/") for arg in cmdline))
+
+
+def ffmpegs(match: Callable[[list[str]], bool]) -> list[psutil.Process]:
     found = []
     for proc in psutil.process_iter(["name", "cmdline", "status"]):
         cmdline = proc.info["cmdline"] or []
-        if (proc.info["name"] == "ffmpeg" and "x11grab" in cmdline and display in cmdline
+        if (proc.info["name"] == "ffmpeg" and match(cmdline)
                 and proc.info["status"] != psutil.STATUS_ZOMBIE):
             found.append(proc)
     return found

@@ -29,6 +29,7 @@ from replay_support import (
     is_red,
     probe,
     recorders,
+    remuxers,
 )
 from yarl import URL
 
@@ -203,6 +204,7 @@ async def test_concurrent_stops_make_one_good_file(api: Client, chromium: Chromi
     assert decode_errors(video) == ""
     assert probe(video).frames > 0
     assert files_of(replays_dir) == [f"{replay_id}.json", f"{replay_id}.mp4"]
+    assert remuxers(replays_dir) == []
     await stop(api, replay_id)  # a stop after the end changes nothing
     assert (tmp_path / "once.mp4").read_bytes() == (replays_dir / f"{replay_id}.mp4").read_bytes()
 
@@ -407,7 +409,7 @@ async def test_recordings_outlive_the_daemon(make_client: MakeClient, xvfb: Xvfb
     await async_wait_until(lambda: _part_size(replays_dir, running) > 0, timeout=WAIT,
                            what="a first fragment")
     await first.close()  # shutdown stops and finalises the running recording
-    assert recorders(xvfb.name) == []
+    assert recorders(xvfb.name) == [] and remuxers(replays_dir) == []
 
     second = await make_client(display=xvfb.name, replays_dir=str(replays_dir))
     replays = await listed(second)
@@ -444,6 +446,8 @@ async def test_a_recording_survives_a_killed_daemon(make_client: MakeClient, xvf
         # ffmpeg notices at its next write that nobody reads its output.
         await async_wait_until(lambda: recorders(xvfb.name) == [], timeout=WAIT,
                                what="ffmpeg to exit after its daemon died")
+        await async_wait_until(lambda: remuxers(replays_dir) == [], timeout=WAIT,
+                               what="the waiting remux to exit after its daemon died")
     finally:
         if daemon.poll() is None:
             daemon.kill()
