@@ -106,14 +106,15 @@ class Api:
 
 
 @contextmanager
-def daemon(display: str, replays: str) -> Iterator[tuple[psutil.Process, Api]]:
+def daemon(display: str, replays: str, log: Path) -> Iterator[tuple[psutil.Process, Api]]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "agent", "--port", str(port), "--display", display,
-         "--api-token", TOKEN, "--host", "127.0.0.1", "--cdp-proxy-port", "0",
-         "--replays-dir", replays, "--replays-max-active", "1"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "agent", "--port", str(port), "--display", display,
+             "--api-token", TOKEN, "--host", "127.0.0.1", "--cdp-proxy-port", "0",
+             "--replays-dir", replays, "--replays-max-active", "1"],
+            env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
 
     def up() -> bool:
         try:
@@ -178,8 +179,9 @@ def through_daemon(api: Api, daemon_proc: psutil.Process, chromium: Chromium, fp
                   len(body) / 1e6 / duration * 60)
 
 
-def stop_to_download(api: Api, seconds: float) -> tuple[float, float, int]:
-    """(stop answered, first byte of the 200 download) in seconds after the stop, size."""
+def stop_to_download(api: Api, seconds: float) -> tuple[float, float, int, str]:
+    """(stop answered, first byte of the 200 download) in seconds after the stop, size,
+    and the recording's id."""
     status, body = api.call("POST", "/replays", {"framerate": 10})
     assert status == 201, body
     replay_id = json.loads(body)["replay_id"]
@@ -194,7 +196,7 @@ def stop_to_download(api: Api, seconds: float) -> tuple[float, float, int]:
     size = int(resp.headers["Content-Length"])
     resp.read()
     api.call("DELETE", f"/replays/{replay_id}")
-    return stopped, first, size
+    return stopped, first, size, replay_id
 
 
 def variant_argv(display: str, fps: int, preset: str, tune: str | None, crf: str
@@ -258,17 +260,21 @@ def main() -> None:
         work = Path(tmp)
         asyncio.run(chromium.open(PAGE))
         results: list[Result] = []
-        with daemon(xvfb.name, str(work / "replays")) as (daemon_proc, api):
+        log = work / "daemon.log"
+        with daemon(xvfb.name, str(work / "replays"), log) as (daemon_proc, api):
             for fps in (10, 30):
                 results.append(through_daemon(api, daemon_proc, chromium, fps, args.seconds,
                                               work))
-            stopped, first, size = stop_to_download(api, args.long)
+            stopped, first, size, long_id = stop_to_download(api, args.long)
         print(header)
         for result in results:
             print(row(result))
         print(f"stop-to-download after a {args.long:.0f} s recording at 10 fps "
               f"({size / 1e6:.1f} MB): stop answered in {stopped:.3f} s, first byte of the "
               f"download at {first:.3f} s")
+        for line in log.read_text(errors="replace").splitlines():
+            if long_id in line and "finished" in line:
+                print("  the daemon's log:", line.split(" - ")[-1].strip())
 
         if not args.skip_variants:
             print(f"\nencoder settings at 30 fps, ffmpeg run directly ({args.seconds:.0f} s "
