@@ -524,3 +524,26 @@ async def test_through_the_official_sdk(api: Client, chromium: Chromium, replays
         with pytest.raises(APIStatusError) as missing:
             await replays.stop("no-such-replay", id_or_name=browser)
         assert missing.value.status_code == 404
+
+
+async def test_the_player_page_plays_in_chromium(make_client: MakeClient, xvfb: Xvfb,
+                                                 chromium: Chromium, replays_dir: Path) -> None:
+    # Without tokens (loopback only), so a plain navigation may load the page.
+    api = await make_client(display=xvfb.name, replays_dir=str(replays_dir), tokens={})
+    await chromium.open(RED_PAGE)
+    replay = await start(api, framerate=10)
+    await async_wait_until(lambda: _frames_written(replays_dir, replay["replay_id"]) >= 20,
+                           timeout=WAIT, interval=0.2, what="two seconds of video")
+    await stop(api, replay["replay_id"])
+    duration = probe(replays_dir / f"{replay['replay_id']}.mp4").duration
+
+    await chromium.cdp("Page.navigate", {"url": replay["replay_view_url"]})
+    state = await async_wait_until(lambda: chromium.evaluate(
+        "(() => { const v = document.querySelector('video');"
+        " return v && v.readyState >= 2 && !v.error"
+        " ? [v.videoWidth, v.videoHeight, v.duration, v.currentSrc] : null; })()"),
+        timeout=WAIT, interval=0.2, what="the page's video to load")
+    width, height, played_duration, src = state
+    assert (width, height) == (1280, 800)
+    assert abs(played_duration - duration) < 0.2  # the remuxed header's duration
+    assert src == str(api.make_url(f"/replays/{replay['replay_id']}"))
