@@ -107,7 +107,8 @@ def daemon(xvfb: Xvfb, chromium: Chromium, supervisor: Supervisord,
         [sys.executable, "-m", "agent", "--port", str(port), "--display", xvfb.name,
          "--cdp-address", chromium.address, "--api-token", TOKEN,
          "--cdp-proxy-port", "0", "--supervisor-socket", supervisor.socket,
-         "--extensions-dir", f"{scratch}/extensions", "--log-level", "warning"],
+         "--extensions-dir", f"{scratch}/extensions", "--log-level", "warning",
+         "--replays-dir", f"{scratch}/replays", "--replay-max-duration", "3"],
         cwd=scratch, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     base = f"http://127.0.0.1:{port}"

@@ -301,9 +301,11 @@ async def test_limits_and_bad_requests(make_client: MakeClient, xvfb: Xvfb,
         assert resp.status == 403
     async with api.post(f"/replays/{first}/stop", headers=WRITE) as resp:
         assert resp.status == 200
-    second = (await start(api))["replay_id"]  # room again
+    second = (await start(api))["replay_id"]  # room again, and stopped at once
     await stop(api, second)
     assert list(await listed(api)) == [second, first]
+    await download(api, second, replays_dir.parent / "at-once.mp4")
+    assert probe(replays_dir.parent / "at-once.mp4").frames >= 1
 
 
 async def test_a_recording_stops_at_its_byte_limit(make_client: MakeClient, xvfb: Xvfb,
