@@ -94,7 +94,6 @@ class ReplayManager:
         self._infos: dict[str, ReplayInfo] = {}
         self._running: dict[str, Recording] = {}
         self._recovering: dict[str, asyncio.Task[None]] = {}
-        self._starting = 0
         self._closed = False
         self.dir_error: str | None = None
 
@@ -171,7 +170,8 @@ class ReplayManager:
     async def close(self) -> None:
         """Stop and finalise every running recording (shutdown)."""
         self._closed = True
-        running = list(self._running.values())
+        running = [rec for rec in self._running.values() if rec.started]  # (the others
+        # stop themselves when their start ends)
         await asyncio.gather(*(rec.stop("the daemon shut down") for rec in running),
                              return_exceptions=True)
         await asyncio.gather(*self._recovering.values(), return_exceptions=True)
@@ -195,42 +195,45 @@ class ReplayManager:
             raise BadRequest(
                 f"max_duration_in_seconds: at most {limit} on this daemon",
                 details=[field_error("max_duration_in_seconds", f"must be at most {limit}")])
-        if len(self._running) + self._starting >= self.settings.replays_max_active:
+        if len(self._running) >= self.settings.replays_max_active:
             raise Conflict(f"{self.settings.replays_max_active} recordings are already "
                            "running; stop one first",
                            code="too_many_recordings")
-        try:
-            await asyncio.to_thread(self._prepare_dir)
-        except OSError as exc:
-            raise Unavailable(f"replays are unavailable: {self.directory}: "
-                              f"{exc.strerror or exc}") from None
         info = ReplayInfo.new(framerate or DEFAULT_FRAMERATE, max_duration_s)
         files = ReplayFiles(self.directory, info.replay_id)
         recording = Recording(info, files, ffmpeg=self.settings.ffmpeg,
                               display=self.settings.display,
                               max_bytes=self.settings.replay_max_bytes, room=self._room,
                               on_finished=self._finished)
-        self._starting += 1
+        # Counted from here on (before any await), so concurrent starts respect the limit;
+        # listed once it has started.
+        self._running[info.replay_id] = recording
         try:
             # Not cancelled half-way when the client goes away: no stray ffmpeg.
             await run_to_end(self._start(recording))
-        finally:
-            self._starting -= 1
+        except BaseException:
+            self._running.pop(info.replay_id, None)
+            raise
         log.info("replay %s started: %d fps, at most %d s", info.replay_id, info.framerate,
                  info.max_duration_s)
+        if self._closed:  # shut down while it started: stop it like the others
+            await recording.stop("the daemon shut down")
         return info
 
     async def _start(self, recording: Recording) -> None:
         info, files = recording.info, recording.files
+        try:
+            await asyncio.to_thread(self._prepare_dir)
+        except OSError as exc:
+            raise Unavailable(f"replays are unavailable: {self.directory}: "
+                              f"{exc.strerror or exc}") from None
         await asyncio.to_thread(save_meta, files, info)
-        self._infos[info.replay_id] = info
         try:
             await recording.start()
         except BaseException:
-            self._infos.pop(info.replay_id, None)
             await asyncio.to_thread(_remove, files.meta)
             raise
-        self._running[info.replay_id] = recording
+        self._infos[info.replay_id] = info
 
     def _finished(self, recording: Recording) -> None:
         self._running.pop(recording.info.replay_id, None)

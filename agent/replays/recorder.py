@@ -335,13 +335,16 @@ class Recording:
         self._errors: collections.deque[str] = collections.deque(maxlen=10)
         self._child: Child | None = None
         self._fd = -1
-        self._first = asyncio.Event()
+        self._first = asyncio.Event()  # set when the first bytes are written...
+        self._settled = asyncio.Event()  # ...or when the start failed before that
+        self._start_problem: str | None = None
         self._full = False
         self._pump: asyncio.Task[None] | None = None
         self._stderr: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._finish: asyncio.Task[None] | None = None
         self._remuxer: Remuxer | None = None
+        self.started = False  # start() succeeded: finishing applies
 
     @property
     def pid(self) -> int | None:
@@ -363,7 +366,7 @@ class Recording:
         assert popen.stdout is not None and popen.stderr is not None
         self._stderr = asyncio.ensure_future(_lines(popen.stderr, self._errors))
         self._pump = asyncio.ensure_future(self._copy(popen.stdout))
-        first: asyncio.Future[Any] = asyncio.ensure_future(self._first.wait())
+        first: asyncio.Future[Any] = asyncio.ensure_future(self._settled.wait())
         exited: asyncio.Future[Any] = child.exit_future
         try:
             await asyncio.wait([first, exited], timeout=START_TIMEOUT_S,
@@ -375,10 +378,15 @@ class Recording:
             await asyncio.gather(self._pump, self._stderr, return_exceptions=True)
             os.close(self._fd)
             await asyncio.to_thread(_discard, self.files.part)
+            if self._start_problem is not None:
+                raise Unavailable(f"cannot record: {self._start_problem}")
             why = "; ".join(self._errors) or "ffmpeg produced no video in time"
             if "display" in why.lower() or "x11grab" in why.lower():
                 raise DisplayUnavailable(f"cannot record display {self._display}: {why}")
             raise Unavailable(f"cannot record the screen: {why}")
+        self.started = True
+        if self._finish is not None:
+            return  # ffmpeg ended already (its finish started a remux of its own)
         try:
             self._remuxer = Remuxer(self._ffmpeg, self.files.remux_tmp)
         except AgentError as exc:  # finalise starts one later, or keeps the fragments
@@ -411,6 +419,7 @@ class Recording:
                     continue
                 self.info.size += len(chunk)
                 self._first.set()
+                self._settled.set()
         finally:
             transport.close()
         if self._first.is_set():
@@ -418,6 +427,10 @@ class Recording:
 
     def _limit(self, why: str) -> None:
         self._full = True
+        if not self._first.is_set():  # not even started: start() reports it
+            self._start_problem = why
+            self._settled.set()
+            return
         log.info("replay %s: %s; stopping it", self.info.replay_id, why)
         self.finish(why)
 
