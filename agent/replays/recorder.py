@@ -38,9 +38,12 @@ from agent.processes.child import Child
 
 log = logging.getLogger(__name__)
 
-# Encoder settings, measured with bench/replays.py: ultrafast keeps 30 fps at 1920x1080
-# inside one core; zerolatency drops the lookahead and B-frames (a steady, low CPU load and
-# fragments that leave ffmpeg as soon as they are complete); CRF 28 keeps text readable.
+# Encoder settings, measured with bench/replays.py (CPU time per 1920x1080 frame of an
+# animated page): ultrafast needs about half a core at 30 fps with the grab; superfast makes
+# files about 45% smaller for 1.5x the CPU, veryfast 1.8x, libx264's default (medium) 4x.
+# The recorder shares the machine with the Chromium it records, so CPU wins. zerolatency
+# drops the lookahead and B-frames (a little less CPU, and fragments that leave ffmpeg as
+# soon as they are complete); the CRF changes size, not CPU: 28 keeps text readable.
 # Keyframes are what a 1080p recording of a mostly still screen spends its bytes on: one
 # every 4 s (a fragment still ends every second, so a crash loses about a second).
 PRESET = "ultrafast"
