@@ -14,6 +14,7 @@ import email.utils
 import functools
 import html
 import os
+import urllib.parse
 from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Any
@@ -162,7 +163,7 @@ def _view_template() -> str:
 @routes.get("/replays/{replay_id}/view")
 async def view_replay(request: web.Request) -> web.Response:
     info = _manager(request).info(request.match_info["replay_id"])
-    video_url = f"{_prefix(request)}/replays/{info.replay_id}"
+    video_url = urllib.parse.quote(f"{_prefix(request)}/replays/{info.replay_id}")
     page = (_view_template().replace("{video_url}", html.escape(video_url, quote=True))
             .replace("{replay_id}", html.escape(info.replay_id, quote=True)))
     return web.Response(text=page, content_type="text/html", headers={
