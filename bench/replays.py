@@ -46,10 +46,11 @@ from agent.replays.recorder import record_argv
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from helpers import Chromium, free_port, running_chromium, running_xvfb, wait_until
+from process_helpers import browser_user_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
-TOKEN = "bench-token"
+TOKEN = "bench-token-0123456789"
 WIDTH, HEIGHT = 1920, 1080
 
 # Text, cards and a moving, colour-changing band: something like a page being used, with a
@@ -112,6 +113,7 @@ class Api:
 def daemon(display: str, replays: str, log: Path) -> Iterator[tuple[psutil.Process, Api]]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_")}
+    env.update(browser_user_env())
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "agent", "--port", str(port), "--display", display,

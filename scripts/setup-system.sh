@@ -13,8 +13,9 @@ packages=(
   xdotool xclip procps shellcheck
   # the daemon records replays with ffmpeg (x11grab, libx264)
   ffmpeg
-  # the image test: podman builds and runs the container, debootstrap makes its base
-  podman runc debootstrap systemd
+  # the image test: podman builds and runs the container, debootstrap makes its base;
+  # the deployment test: catatonit for kube play's pause container
+  podman runc debootstrap systemd catatonit
 )
 
 # Node for the Puppeteer test (tests/node): Debian's nodejs 18 + npm 9; a NodeSource

@@ -20,6 +20,7 @@ import logging
 import os
 import pwd
 import shutil
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,7 +91,8 @@ def _after_cursor(cursor: str) -> tuple[float, str]:
 class ReplayManager:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.directory = Path(settings.replays_dir) if settings.replays_dir else default_dir()
+        directory = Path(settings.replays_dir) if settings.replays_dir else default_dir()
+        self.directory = directory.resolve()  # used by path from here on: no symlink in it
         self._infos: dict[str, ReplayInfo] = {}
         self._running: dict[str, Recording] = {}
         self._recovering: dict[str, asyncio.Task[None]] = {}
@@ -118,13 +120,24 @@ class ReplayManager:
 
     def _prepare_dir(self) -> None:
         """The directory, owned by the daemon's user and writable by nobody else (not the
-        browser's user: recordings are the daemon's record of what happened)."""
+        browser's user: recordings are the daemon's record of what happened), below
+        directories that nobody else can change either: otherwise the browser's user could
+        swap it for a link, and the daemon would write where that user chose."""
+        for parent in self.directory.parents:
+            try:
+                pst = parent.lstat()
+            except FileNotFoundError:
+                continue  # made below, by the daemon
+            if pst.st_uid not in (0, os.geteuid()):
+                raise PermissionError(errno.EPERM, f"{parent} belongs to another user")
+            if pst.st_mode & 0o022 and not pst.st_mode & stat.S_ISVTX:
+                raise PermissionError(errno.EPERM, f"{parent} is writable by other users")
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        st = self.directory.stat()
-        if st.st_uid != os.geteuid():
-            raise PermissionError(errno.EPERM, "not owned by the daemon's user")
-        if st.st_mode & 0o022:
-            os.chmod(self.directory, st.st_mode & ~0o022)
+        st = self.directory.lstat()
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+            raise PermissionError(errno.EPERM, "not a directory owned by the daemon's user")
+        if st.st_mode & 0o077:
+            os.chmod(self.directory, stat.S_IMODE(st.st_mode) & ~0o077)
 
     def _load_all(self) -> list[ReplayInfo]:
         infos: list[ReplayInfo] = []
@@ -180,8 +193,6 @@ class ReplayManager:
 
     async def start_recording(self, framerate: int | None, max_duration_s: int | None,
                               record_audio: bool = False) -> ReplayInfo:
-        if self.dir_error is not None:
-            raise Unavailable(f"replays are unavailable: {self.dir_error}")
         if self._closed:
             raise Unavailable("the daemon is shutting down")
         if record_audio:
@@ -225,8 +236,9 @@ class ReplayManager:
         try:
             await asyncio.to_thread(self._prepare_dir)
         except OSError as exc:
-            raise Unavailable(f"replays are unavailable: {self.directory}: "
-                              f"{exc.strerror or exc}") from None
+            self.dir_error = f"{self.directory}: {exc.strerror or exc}"
+            raise Unavailable(f"replays are unavailable: {self.dir_error}") from None
+        self.dir_error = None
         await asyncio.to_thread(save_meta, files, info)
         try:
             await recording.start()

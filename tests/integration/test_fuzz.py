@@ -12,9 +12,12 @@ within the schema."""
 from __future__ import annotations
 
 import os
+import pwd
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -23,6 +26,7 @@ import pytest
 import schemathesis
 from helpers import Chromium, Supervisord, Xvfb, free_port, running_supervisord, wait_until
 from hypothesis import HealthCheck, settings
+from process_helpers import browser_user, browser_user_env
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -32,7 +36,7 @@ from schemathesis.specs.openapi.checks import (
 
 from agent.spec import spec_document
 
-TOKEN = "fuzz-token"
+TOKEN = "fuzz-test-token-0123456789"
 schema = schemathesis.openapi.from_dict(spec_document())
 
 # key → largest value sent (each at or above the schema's minimum for that key)
@@ -81,8 +85,16 @@ def tame(value: Any, root: str) -> Any:
 
 
 @pytest.fixture(scope="module")
-def scratch(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(tmp_path_factory.mktemp("fuzz-root"))
+def scratch() -> Iterator[str]:
+    """The browser user's directory (file operations act as that user)."""
+    path = tempfile.mkdtemp(prefix="agent-fuzz-")
+    user = browser_user()
+    if user is not None:
+        entry = pwd.getpwnam(user)
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 PROGRAMS = """[program:talker]
@@ -110,6 +122,7 @@ def daemon(xvfb: Xvfb, chromium: Chromium, supervisor: Supervisord,
          "--extensions-dir", f"{scratch}/extensions", "--log-level", "warning",
          "--replays-dir", f"{scratch}/replays", "--replay-max-duration", "3"],
         cwd=scratch, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, **browser_user_env()},
     )
     base = f"http://127.0.0.1:{port}"
 

@@ -6,19 +6,23 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
-from conftest import READ, WRITE, MakeClient
+from conftest import ADMIN_TOKEN, READ, READ_TOKEN, WRITE, MakeClient
 from helpers import Chromium, Xvfb, async_wait_until, free_port
 from kernel import APIStatusError, AsyncKernel
+from process_helpers import browser_user_env
 from replay_support import (
     NOISE_PAGE,
     RED_PAGE,
@@ -38,8 +42,13 @@ Client = TestClient[Any, Any]
 
 
 @pytest.fixture
-def replays_dir(tmp_path: Path) -> Path:
-    return tmp_path / "replays"
+def replays_dir() -> Iterator[Path]:
+    """The daemon's own directory: root's (or the test user's), not the browser user's."""
+    base = Path(tempfile.mkdtemp(prefix="agent-replays-"))
+    try:
+        yield base / "replays"
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
@@ -170,7 +179,7 @@ async def test_records_red_then_blue_and_serves_it(api: Client, chromium: Chromi
         assert resp.content_type == "text/html"
         page = await resp.text()
         assert f'src="/replays/{replay_id}"' in page
-        assert "test-read" not in page and "<script" not in page
+        assert READ_TOKEN not in page and "<script" not in page
         assert "default-src 'none'" in resp.headers["Content-Security-Policy"]
     async with api.get(f"/replays/{replay_id}/view",
                        headers={"Authorization": "Bearer nope"}) as resp:
@@ -470,6 +479,7 @@ async def test_a_recording_survives_a_killed_daemon(make_client: MakeClient, xvf
 def _start_daemon(port: int, display: str, replays_dir: Path, log: Path
                   ) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_")}
+    env.update(browser_user_env())
     with log.open("wb") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "agent", "--port", str(port), "--display", display,
@@ -485,7 +495,7 @@ async def test_through_the_official_sdk(api: Client, chromium: Chromium, replays
                                         tmp_path: Path) -> None:
     await chromium.open(RED_PAGE)
     browser = "this-browser"
-    sdk = AsyncKernel(api_key="test-admin", base_url=str(api.make_url("")).rstrip("/"),
+    sdk = AsyncKernel(api_key=ADMIN_TOKEN, base_url=str(api.make_url("")).rstrip("/"),
                       max_retries=0, timeout=60)
     async with sdk:
         replays = sdk.browsers.replays

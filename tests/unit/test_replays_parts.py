@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -76,17 +78,25 @@ def _leave(directory: Path, replay_id: str, started_at: float, *,
         (directory / f"{replay_id}.mp4").write_bytes(b"mp4!")
 
 
-async def test_recordings_on_disk_are_listed_newest_first_in_pages(tmp_path: Path) -> None:
-    directory = tmp_path / "replays"
-    directory.mkdir(mode=0o700)
-    for number in range(5):
-        _leave(directory, f"r{number}", 1_000_000.0 + number)
-    _leave(directory, "same-time", 1_000_002.0)  # ties are ordered by id
-    (directory / "broken.json").write_text("{not json")
-    (directory / "r9.json").write_text(json.dumps({"replay_id": "elsewhere",
-                                                   "started_at": 1.0, "framerate": 1,
-                                                   "max_duration_s": 1}))
-    (directory / "r0.mp4.remux.tmp").write_bytes(b"half")
+@pytest.fixture
+def left_dir() -> Iterator[Path]:
+    """Recordings an earlier run left, in a directory of the daemon's user."""
+    with tempfile.TemporaryDirectory() as base:
+        directory = Path(base) / "replays"
+        directory.mkdir(mode=0o700)
+        for number in range(5):
+            _leave(directory, f"r{number}", 1_000_000.0 + number)
+        _leave(directory, "same-time", 1_000_002.0)  # ties are ordered by id
+        (directory / "broken.json").write_text("{not json")
+        (directory / "r9.json").write_text(json.dumps({"replay_id": "elsewhere",
+                                                       "started_at": 1.0, "framerate": 1,
+                                                       "max_duration_s": 1}))
+        (directory / "r0.mp4.remux.tmp").write_bytes(b"half")
+        yield directory
+
+
+async def test_recordings_on_disk_are_listed_newest_first_in_pages(left_dir: Path) -> None:
+    directory = left_dir
     manager = ReplayManager(make_settings(replays_dir=str(directory)))
     await manager.start()
     everything, cursor = manager.list()
