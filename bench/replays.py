@@ -92,6 +92,7 @@ class Result:
 
 class Api:
     def __init__(self, port: int) -> None:
+        self.port = port
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
         self.headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
 
@@ -100,6 +101,12 @@ class Api:
         self.conn.request(method, path, body=payload, headers=self.headers)
         resp = self.conn.getresponse()
         return resp.status, resp.read()
+
+    def reconnect(self) -> None:
+        """A fresh connection (the daemon closes ones idle past its header timeout)."""
+        self.conn.close()
+        self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=300)
+        self.conn.connect()
 
     def first_byte(self, path: str) -> tuple[int, float, http.client.HTTPResponse]:
         started = time.perf_counter()
@@ -191,6 +198,7 @@ def stop_to_download(api: Api, seconds: float) -> tuple[float, float, int, str]:
     assert status == 201, body
     replay_id = json.loads(body)["replay_id"]
     time.sleep(seconds)
+    api.reconnect()
     started = time.perf_counter()
     status, body = api.call("POST", f"/replays/{replay_id}/stop")
     stopped = time.perf_counter() - started
