@@ -84,6 +84,7 @@ bench: setup
 	$(BIN)/python bench/live.py
 	$(BIN)/python bench/playwright.py
 	$(BIN)/python bench/telemetry.py
+	$(BIN)/python bench/replays.py
 
 image: setup
 	bash images/build.sh

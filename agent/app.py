@@ -37,6 +37,7 @@ from agent.live import routes as live_routes
 from agent.logs import routes as logs_routes
 from agent.playwright import routes as playwright_routes
 from agent.processes import routes as processes_routes
+from agent.replays import routes as replays_routes
 from agent.sessions import SessionStore
 from agent.spec import ALIAS_PREFIX, is_stream, operation_for, spec_json, spec_text
 from agent.telemetry import routes as telemetry_routes
@@ -52,7 +53,8 @@ _STATUS_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SLICES = (computer_routes, files_routes, processes_routes, logs_routes, browser_routes,
-          playwright_routes, telemetry_routes, live_routes, display_routes, docs_routes)
+          playwright_routes, telemetry_routes, live_routes, display_routes, replays_routes,
+          docs_routes)
 
 
 def error_response(exc: AgentError, request_id: str | None = None) -> web.Response:

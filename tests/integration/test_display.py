@@ -4,7 +4,10 @@ its own: the screen, screenshots, input bounds, Chromium's window and live viewe
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -13,8 +16,6 @@ from aiohttp.test_utils import TestClient
 from computer_support import open_page, screenshot
 from conftest import ADMIN, MakeClient
 from helpers import Chromium, Xvfb, async_wait_until, running_chromium, running_xvfb
-
-from agent.appkeys import RESIZE_GUARDS
 
 FULL = (1920, 1080)
 
@@ -95,14 +96,25 @@ async def test_sizes_out_of_bounds_are_refused(make_client: MakeClient, big_xvfb
     assert (await resp.json())["width"] == 1920
 
 
-async def test_resize_refused_while_a_guard_objects(make_client: MakeClient, big_xvfb: Xvfb,
-                                                    big_chromium: Chromium) -> None:
-    client = await make_client(display=big_xvfb.name, cdp_address=big_chromium.address)
-    client.server.app[RESIZE_GUARDS].append(lambda: "a replay is recording")
-    body = await patch(client, 1280, 720, expect=409)
-    assert "a replay is recording" in body["message"]
-    shot = await screenshot(client)
-    assert shot.size == FULL
+async def test_resize_refused_while_a_replay_records(make_client: MakeClient, big_xvfb: Xvfb,
+                                                     big_chromium: Chromium) -> None:
+    replays = Path(tempfile.mkdtemp(prefix="agent-replays-"))
+    try:
+        client = await make_client(display=big_xvfb.name, cdp_address=big_chromium.address,
+                                   replays_dir=str(replays / "replays"))
+        async with client.post("/replays", json={"framerate": 5}) as resp:
+            assert resp.status == 201, await resp.text()
+            replay_id = (await resp.json())["replay_id"]
+        body = await patch(client, 1280, 720, expect=409)
+        assert "a replay is recording" in body["message"] and replay_id in body["message"]
+        shot = await screenshot(client)
+        assert shot.size == FULL
+        async with client.post(f"/replays/{replay_id}/stop") as resp:
+            assert resp.status == 200, await resp.text()
+        await patch(client, 1280, 720)
+        await patch(client, *FULL)
+    finally:
+        shutil.rmtree(replays, ignore_errors=True)
 
 
 async def test_live_viewers_follow_a_resize(make_client: MakeClient, big_xvfb: Xvfb,

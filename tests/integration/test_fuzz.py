@@ -99,6 +99,14 @@ def scratch() -> Iterator[str]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.fixture(scope="module")
+def replays_dir() -> Iterator[str]:
+    """The daemon's own directory for recordings (not the browser user's)."""
+    path = tempfile.mkdtemp(prefix="agent-fuzz-replays-")
+    yield f"{path}/replays"
+    shutil.rmtree(path, ignore_errors=True)
+
+
 PROGRAMS = """[program:talker]
 command=/bin/sh -c 'echo ready; exec sleep 3600'
 startsecs=0
@@ -122,14 +130,15 @@ def playwright_env() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def daemon(xvfb: Xvfb, chromium: Chromium, supervisor: Supervisord,
-           scratch: str) -> Iterator[str]:
+           scratch: str, replays_dir: str) -> Iterator[str]:
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "agent", "--port", str(port), "--display", xvfb.name,
          "--cdp-address", chromium.address, "--api-token", TOKEN,
          "--cdp-proxy-port", "0", "--supervisor-socket", supervisor.socket,
          "--extensions-dir", f"{scratch}/extensions", "--log-level", "warning",
-         "--telemetry-dir", f"{scratch}/telemetry"],
+         "--telemetry-dir", f"{scratch}/telemetry",
+         "--replays-dir", replays_dir, "--replay-max-duration", "3"],
         cwd=scratch, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, **browser_user_env(), **playwright_env()},
     )
