@@ -50,11 +50,9 @@ test: setup node-deps lint
 	$(BIN)/pytest tests/unit tests/integration
 	$(BIN)/pytest -m image -s tests/image
 
-bench: setup
-	$(BIN)/python bench/computer.py
-	$(BIN)/python bench/files.py
-	$(BIN)/python bench/processes.py
-	$(BIN)/python bench/browser.py
+# Every bench/*.py in turn, then one summary table; figures also in bench/results.json.
+bench: setup node-deps
+	$(BIN)/python bench/run_all.py
 
 image: setup
 	bash images/build.sh

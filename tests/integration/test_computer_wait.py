@@ -129,12 +129,13 @@ async def test_change_returns_within_a_few_ms_of_the_change(client: Any,
                                                             chromium: Chromium) -> None:
     await open_page(chromium, "<div id=box style='width:400px;height:300px;"
                               "background:#fff'></div>")
+    await post(client, "/computer/screenshot")
     latencies = []
     for colour in ("#c00", "#0c0", "#00c", "#cc0", "#0cc"):
         request = asyncio.ensure_future(client.post(
             "/computer/screenshot", json={"wait": {"for": "change", "timeout_ms": 5000}}))
         await asyncio.sleep(0.3)
-        assert not request.done()  # nothing changed yet: still waiting
+        assert not request.done(), (await request).headers  # nothing changed yet: still waiting
         # The page paints its change and records when (after the next frame is drawn).
         changed_at = await chromium.evaluate(
             f"new Promise(r => {{ box.style.background = '{colour}';"
