@@ -18,6 +18,9 @@ from helpers import Chromium, Xvfb, async_wait_until, cdp_call, free_port
 from PIL import Image
 
 TRIES = 20
+# Chromium on a busy 2-core machine can pause 250 ms between frames of its loading
+# indicator: stillness has to last longer than that to mean the page is done.
+SETTLE_MS = 400
 
 
 @pytest.fixture
@@ -166,22 +169,28 @@ async def _focus_first_tab(chromium: Chromium) -> list[str]:
     return [t["id"] for t in pages[:1]]
 
 
-async def _new_tab_and_go(client: Any, site: Site, n: int, wait: bool) -> None:
-    change = {"wait": {"for": "change", "timeout_ms": 3000}} if wait else {}
-    await post(client, "/computer/press_key", {"keys": ["ctrl+t"], **change})
-    await post(client, "/computer/press_key", {"keys": ["ctrl+l"], **change})
+async def _new_tab_and_go(client: Any, site: Site, n: int, wait: str | None) -> None:
+    # the screen still first: what the previous try drew is not taken for this one's change
+    await post(client, "/computer/screenshot", {"wait": {"for": "settle"}})
+    then = {"wait": {"for": wait, "timeout_ms": 3000}} if wait else {}
+    await post(client, "/computer/press_key", {"keys": ["ctrl+t"], **then})
+    await post(client, "/computer/press_key", {"keys": ["ctrl+l"], **then})
     await post(client, "/computer/type", {"text": site.url(f"/page/{n}") + "\n"})
 
 
 async def test_new_tab_then_url_arrives_every_time_with_wait(
         client: Any, chromium: Chromium, site: Site) -> None:
+    """ctrl+t, ctrl+l, then a URL and Return, back to back. Waiting for the screen to
+    settle after each key lands the URL every time; waiting for the first change is
+    better than no wait but not enough (Chromium draws the new tab before it moves the
+    focus to its omnibox), and no wait loses many: both only printed."""
     await open_page(chromium, "<h1>home</h1>")
     outcomes = {}
     try:
-        for wait in (True, False):
+        for n0, wait, tries in ((0, "settle", TRIES), (1000, "change", TRIES),
+                                (2000, None, TRIES // 2)):
             arrived = 0
-            for i in range(TRIES):
-                n = i + (0 if wait else 1000)
+            for n in range(n0, n0 + tries):
                 await _new_tab_and_go(client, site, n, wait)
                 try:
                     await async_wait_until(lambda n=n: f"/page/{n}" in site.hits,  # type: ignore[misc]
@@ -190,12 +199,11 @@ async def test_new_tab_then_url_arrives_every_time_with_wait(
                 except AssertionError:
                     pass
                 await _focus_first_tab(chromium)
-            outcomes[wait] = arrived
+            outcomes[wait] = f"{arrived}/{tries}"
     finally:
         await _focus_first_tab(chromium)
-    print(f"\n[wait] ctrl+t, ctrl+l, URL + Return: {outcomes[True]}/{TRIES} arrived with "
-          f"wait change, {outcomes[False]}/{TRIES} without")
-    assert outcomes[True] == TRIES
+    print(f"\n[wait] ctrl+t, ctrl+l, URL + Return arrived: {outcomes}")
+    assert outcomes["settle"] == f"{TRIES}/{TRIES}"
 
 
 async def test_click_to_slow_page_then_settled_screenshot_shows_it(
@@ -216,7 +224,7 @@ async def test_click_to_slow_page_then_settled_screenshot_shows_it(
         ox, oy = await chromium.viewport_origin()
         resp, data = await wait_post(client, "/computer/batch", {"actions": [
             {"type": "click_mouse", "click_mouse": {"x": x, "y": y}},
-            {"type": "screenshot", "screenshot": {"wait": {"for": "settle"}}},
+            {"type": "screenshot", "screenshot": {"wait": {"for": "settle", "settle_ms": SETTLE_MS}}},
         ]})
         assert resp.content_type == "image/png"
         fields = wait_fields(resp)
