@@ -171,8 +171,8 @@ async def _focus_first_tab(chromium: Chromium) -> list[str]:
 
 async def _new_tab_and_go(client: Any, site: Site, n: int, wait: str | None) -> None:
     # the screen still first: what the previous try drew is not taken for this one's change
-    await post(client, "/computer/screenshot", {"wait": {"for": "settle"}})
-    then = {"wait": {"for": wait, "timeout_ms": 3000}} if wait else {}
+    await post(client, "/computer/screenshot", {"wait": {"for": "settle", "settle_ms": SETTLE_MS}})
+    then = {"wait": {"for": wait, "settle_ms": SETTLE_MS, "timeout_ms": 3000}} if wait else {}
     await post(client, "/computer/press_key", {"keys": ["ctrl+t"], **then})
     await post(client, "/computer/press_key", {"keys": ["ctrl+l"], **then})
     await post(client, "/computer/type", {"text": site.url(f"/page/{n}") + "\n"})
@@ -224,7 +224,8 @@ async def test_click_to_slow_page_then_settled_screenshot_shows_it(
         ox, oy = await chromium.viewport_origin()
         resp, data = await wait_post(client, "/computer/batch", {"actions": [
             {"type": "click_mouse", "click_mouse": {"x": x, "y": y}},
-            {"type": "screenshot", "screenshot": {"wait": {"for": "settle", "settle_ms": SETTLE_MS}}},
+            {"type": "screenshot",
+             "screenshot": {"wait": {"for": "settle", "settle_ms": SETTLE_MS}}},
         ]})
         assert resp.content_type == "image/png"
         fields = wait_fields(resp)
