@@ -4,12 +4,13 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 NODE_DIR := tests/node
+PLAYWRIGHT_DIR := agent/playwright/runtime
 
-.PHONY: all setup system venv node-deps run test lint unit integration image-test bench image clean
+.PHONY: all setup system venv node-deps playwright-deps run test lint unit integration security image-test bench image clean
 
 all: test
 
-setup: system venv
+setup: system venv playwright-deps
 
 system:
 	bash scripts/setup-system.sh
@@ -29,6 +30,13 @@ $(NODE_DIR)/node_modules/.package-lock.json: $(NODE_DIR)/package.json $(NODE_DIR
 	npm ci --prefix $(NODE_DIR) --no-audit --no-fund
 	touch $@
 
+# playwright-core (no browser download) and esbuild for POST /playwright/execute
+playwright-deps: $(PLAYWRIGHT_DIR)/node_modules/.package-lock.json
+
+$(PLAYWRIGHT_DIR)/node_modules/.package-lock.json: $(PLAYWRIGHT_DIR)/package.json $(PLAYWRIGHT_DIR)/package-lock.json
+	npm ci --prefix $(PLAYWRIGHT_DIR) --no-audit --no-fund
+	touch $@
+
 run: setup
 	bash supervisor/run-local.sh
 
@@ -43,11 +51,15 @@ unit: venv
 integration: setup node-deps
 	$(BIN)/pytest tests/integration
 
+# The attacks of the threat model (SECURITY.md) against a real daemon, Xvfb and Chromium.
+security: setup
+	$(BIN)/pytest tests/security
+
 image-test: setup
 	$(BIN)/pytest -m image -s tests/image
 
 test: setup node-deps lint
-	$(BIN)/pytest tests/unit tests/integration
+	$(BIN)/pytest tests/unit tests/integration tests/security
 	$(BIN)/pytest -m image -s tests/image
 
 # Every bench/*.py in turn, then one summary table; figures also in bench/results.json.
@@ -58,4 +70,4 @@ image: setup
 	bash images/build.sh
 
 clean:
-	rm -rf $(VENV) $(NODE_DIR)/node_modules .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(NODE_DIR)/node_modules $(PLAYWRIGHT_DIR)/node_modules .pytest_cache .mypy_cache .ruff_cache

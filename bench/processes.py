@@ -31,7 +31,10 @@ import aiohttp
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
-TOKEN = "bench-token"
+sys.path.insert(0, str(ROOT / "tests"))
+from process_helpers import browser_user_env  # noqa: E402
+
+TOKEN = "bench-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
@@ -51,6 +54,7 @@ class Daemon:
              "--api-token", TOKEN, "--log-level", "warning", "--cdp-proxy-port", "0",
              "--max-processes", str(max_processes)],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self._log,
+            env={**os.environ, **browser_user_env()},
         )
         self.peak_rss = 0
         self._sampler: asyncio.Task[None] | None = None

@@ -172,7 +172,7 @@ def _in_batch(exc: AgentError, index: int, kind: str) -> AgentError:
 
 
 class Computer:
-    def __init__(self, display_name: str) -> None:
+    def __init__(self, display_name: str, clipboard_max_bytes: int = 16 << 20) -> None:
         self.display_name = display_name
         self._cursor_hidden = False
         self._closing = threading.Event()
@@ -183,7 +183,7 @@ class Computer:
         self.reads: XConnection[CaptureSession] = XConnection(
             display_name, "read", lambda dpy: CaptureSession(dpy, self._encoders))
         self.watch = ScreenWatch(display_name)
-        self.clipboard = Clipboard(display_name)
+        self.clipboard = Clipboard(display_name, clipboard_max_bytes)
         self._trim_timer: asyncio.TimerHandle | None = None
         self._trim_task: asyncio.Task[None] | None = None
 

@@ -141,6 +141,7 @@ class ManagedProcess:
         buffer_bytes: int,
         stall_s: float,
         stdin_timeout_s: float,
+        max_pause_s: float = 60.0,
     ) -> None:
         self.id = str(uuid.uuid4())
         self.child = child
@@ -153,6 +154,8 @@ class ManagedProcess:
         self._stdin_lock = asyncio.Lock()
         self._stdin_timeout_s = stdin_timeout_s
         self._stall_s = stall_s
+        self._max_pause_s = max_pause_s  # AGENT_OUTPUT_MAX_PAUSE
+        self._paused_at = 0.0
         self._stall_timer: asyncio.TimerHandle | None = None
         self._cpu_mark = (child.started, 0.0)
         self._pump = OutputPump(out_fds, self._sink)
@@ -170,6 +173,8 @@ class ManagedProcess:
     def _sink(self, stream: str, data: bytes) -> None:
         self.output.append(stream, data)
         if self.output.must_pause():
+            if not self._pump.paused:
+                self._paused_at = time.monotonic()
             self._pump.pause()
             self._arm_stall_timer()
 
@@ -186,13 +191,18 @@ class ManagedProcess:
     def _arm_stall_timer(self) -> None:
         if self._stall_timer is None:
             loop = asyncio.get_running_loop()
-            self._stall_timer = loop.call_later(self._stall_s, self._stalled)
+            left = self._max_pause_s - (time.monotonic() - self._paused_at)
+            self._stall_timer = loop.call_later(max(min(self._stall_s, left), 0.01),
+                                                self._stalled)
 
     def _stalled(self) -> None:
         self._stall_timer = None
         if not self._pump.paused:
             return
         released = self.output.release_stalled(self._stall_s)
+        if time.monotonic() - self._paused_at >= self._max_pause_s:
+            # Readers that keep making slow progress: the pause has lasted its bound.
+            released += self.output.release_stalled(0.0)
         if released:
             log.info("process %s: %d stalled readers no longer pace it", self.id, released)
         if self.output.may_resume():
@@ -313,11 +323,13 @@ class ProcessManager:
         settings: Settings,
         *,
         stall_s: float = 30.0,
+        max_pause_s: float | None = None,
         linger_s: float = 0.5,
         stdin_timeout_s: float = 10.0,
     ) -> None:
         self._settings = settings
         self._stall_s = stall_s
+        self._max_pause_s = settings.output_max_pause_s if max_pause_s is None else max_pause_s
         self._linger_s = linger_s
         self._stdin_timeout_s = stdin_timeout_s
         self._procs: dict[str, ManagedProcess] = {}
@@ -481,7 +493,7 @@ class ProcessManager:
         os.set_blocking(stdin_fd, False)
         proc = ManagedProcess(Child(popen), out_fds, stdin_fd, master_fd,
                               settings.process_buffer_bytes, self._stall_s,
-                              self._stdin_timeout_s)
+                              self._stdin_timeout_s, self._max_pause_s)
         self._procs[proc.id] = proc
         self._track(self._supervise(proc))
         if cmd.timeout_s is not None:

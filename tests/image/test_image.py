@@ -86,26 +86,6 @@ def release_display(number: int) -> None:
         os.unlink(f"/tmp/.X{number}-lock")
 
 
-@pytest.fixture(scope="session")
-def images() -> dict[str, str]:
-    """Both variants, built by the script CI and `make image` use; prints time and size."""
-    start = time.monotonic()
-    env = {**os.environ, "IMAGE": IMAGE}
-    result = subprocess.run(["sh", str(REPO / "images/build.sh")], env=env, cwd=REPO,
-                            capture_output=True, text=True, timeout=1500)
-    elapsed = time.monotonic() - start
-    if result.returncode != 0:
-        pytest.fail(f"image build failed ({result.returncode}):\n{result.stdout[-4000:]}\n"
-                    f"{result.stderr[-4000:]}")
-    sizes = {
-        name: int(run("podman", "image", "inspect", "--format", "{{.Size}}", name).stdout)
-        for name in (IMAGE, SYSTEMD_IMAGE)
-    }
-    print(f"\n[image] build of both variants: {elapsed:.0f}s; sizes: "
-          + ", ".join(f"{name} {size / 1e6:.0f} MB" for name, size in sizes.items()))
-    return {"supervisord": IMAGE, "systemd": SYSTEMD_IMAGE}
-
-
 @dataclass
 class Container:
     name: str
@@ -358,6 +338,20 @@ def test_exec_runs_as_the_browser_user(box: Container) -> None:
     result = box.json("POST", "/process/exec", {"command": "id", "args": ["-un"]})
     assert result["exit_code"] == 0, result
     assert base64.b64decode(result["stdout_b64"]) == b"browser\n"
+
+
+def test_playwright_runs_under_the_images_node(box: Container) -> None:
+    """Debian's nodejs, the lockfile's playwright-core and esbuild, as the browser user."""
+    code = ("const n: number = 1 + 1; "
+            "return { n, title: await page.title(), uid: process.getuid(), node: process.version }")
+    result = box.json("POST", "/playwright/execute", {"code": code, "timeout_sec": 60})
+    assert result["success"] is True, result
+    assert result["result"]["n"] == 2
+    uid = box.podman_exec("id", "-u", "browser").stdout.strip()
+    assert str(result["result"]["uid"]) == uid
+    print(f"\n[image] playwright under node {result['result']['node']}")
+    health = json.loads(box.request("GET", "/health")[2])
+    assert health["playwright"]["ok"] is True, health
 
 
 def sse_events(raw: bytes) -> list[dict[str, Any]]:

@@ -12,9 +12,12 @@ within the schema."""
 from __future__ import annotations
 
 import os
+import pwd
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -23,6 +26,8 @@ import pytest
 import schemathesis
 from helpers import Chromium, Supervisord, Xvfb, free_port, running_supervisord, wait_until
 from hypothesis import HealthCheck, settings
+from playwright_support import runtime_dir_for
+from process_helpers import browser_user, browser_user_env
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -32,7 +37,7 @@ from schemathesis.specs.openapi.checks import (
 
 from agent.spec import spec_document
 
-TOKEN = "fuzz-token"
+TOKEN = "fuzz-test-token-0123456789"
 schema = schemathesis.openapi.from_dict(spec_document())
 
 # key → largest value sent (each at or above the schema's minimum for that key)
@@ -81,8 +86,16 @@ def tame(value: Any, root: str) -> Any:
 
 
 @pytest.fixture(scope="module")
-def scratch(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(tmp_path_factory.mktemp("fuzz-root"))
+def scratch() -> Iterator[str]:
+    """The browser user's directory (file operations act as that user)."""
+    path = tempfile.mkdtemp(prefix="agent-fuzz-")
+    user = browser_user()
+    if user is not None:
+        entry = pwd.getpwnam(user)
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 PROGRAMS = """[program:talker]
@@ -99,6 +112,13 @@ def supervisor() -> Iterator[Supervisord]:
         yield running
 
 
+def playwright_env() -> dict[str, str]:
+    """A Playwright runtime the browser user can read (a copy if the checkout is private)."""
+    user = browser_user()
+    directory = runtime_dir_for(user) if user else ""
+    return {"AGENT_PLAYWRIGHT_DIR": directory} if directory else {}
+
+
 @pytest.fixture(scope="module")
 def daemon(xvfb: Xvfb, chromium: Chromium, supervisor: Supervisord,
            scratch: str) -> Iterator[str]:
@@ -107,8 +127,10 @@ def daemon(xvfb: Xvfb, chromium: Chromium, supervisor: Supervisord,
         [sys.executable, "-m", "agent", "--port", str(port), "--display", xvfb.name,
          "--cdp-address", chromium.address, "--api-token", TOKEN,
          "--cdp-proxy-port", "0", "--supervisor-socket", supervisor.socket,
-         "--extensions-dir", f"{scratch}/extensions", "--log-level", "warning"],
+         "--extensions-dir", f"{scratch}/extensions", "--log-level", "warning",
+         "--telemetry-dir", f"{scratch}/telemetry"],
         cwd=scratch, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, **browser_user_env(), **playwright_env()},
     )
     base = f"http://127.0.0.1:{port}"
 
@@ -138,6 +160,8 @@ def test_no_server_errors_and_answers_match_the_spec(case: Any, daemon: str,
             tame(part, scratch)
     if isinstance(case.query, dict) and "follow" in case.query:
         case.query["follow"] = False  # a followed log never ends by itself
+    if case.path in ("/telemetry", "/telemetry/stream"):
+        case.query = {**(case.query or {}), "follow": False}  # nor does a telemetry stream
     response = case.call(base_url=daemon, headers={"Authorization": f"Bearer {TOKEN}"},
                          timeout=30)
     case.validate_response(
