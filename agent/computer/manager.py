@@ -336,9 +336,13 @@ class Computer:
     async def mouse_position(self) -> tuple[int, int]:
         return await self.reads.run(lambda s: s.pointer())
 
-    async def screenshot(self, params: Mapping[str, Any]) -> tuple[Shot, WaitResult | None]:
+    async def screenshot(self, params: Mapping[str, Any]) -> Shot:
+        return (await self.screenshot_waiting(params))[0]
+
+    async def screenshot_waiting(self, params: Mapping[str, Any]
+                                 ) -> tuple[Shot, WaitResult | None]:
         """The screen as an image; with a `wait`, taken once the screen changed or settled
-        after the request arrived (or the wait timed out)."""
+        after the request arrived (or the wait timed out), and how that wait went."""
         request = _shot_request(params)
         spec = parse_wait(params.get("wait"))
         mark = await self._mark() if spec is not None else 0

@@ -100,7 +100,7 @@ async def get_mouse_position(request: web.Request) -> web.Response:
 @routes.post("/computer/screenshot")
 async def screenshot(request: web.Request) -> web.Response:
     body = await request_json(request)
-    shot, result = await _computer(request).screenshot(body)
+    shot, result = await _computer(request).screenshot_waiting(body)
     return _image(shot, result)
 
 
