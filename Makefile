@@ -76,15 +76,9 @@ test: setup node-deps lint
 	$(BIN)/pytest tests/unit tests/integration tests/security
 	$(BIN)/pytest -m image -s tests/image
 
-bench: setup
-	$(BIN)/python bench/computer.py
-	$(BIN)/python bench/files.py
-	$(BIN)/python bench/processes.py
-	$(BIN)/python bench/browser.py
-	$(BIN)/python bench/live.py
-	$(BIN)/python bench/playwright.py
-	$(BIN)/python bench/telemetry.py
-	$(BIN)/python bench/replays.py
+# Every bench/*.py in turn, then one summary table; figures also in bench/results.json.
+bench: setup node-deps
+	$(BIN)/python bench/run_all.py
 
 image: setup
 	bash images/build.sh

@@ -9,16 +9,18 @@ parsed up front (key names, limits), so a bad request fails before any input hap
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from agent.computer import keys
 from agent.computer.clipboard import Clipboard
 from agent.computer.display import XConnection
-from agent.computer.input import InputSession, input_factory
+from agent.computer.input import ABANDON_CHECK_S, Abandoned, InputSession, input_factory
 from agent.computer.screen import (
     CaptureSession,
     DamageGrab,
@@ -27,7 +29,8 @@ from agent.computer.screen import (
     ShotRequest,
     release_free_memory,
 )
-from agent.errors import AgentError, BadRequest, field_error
+from agent.computer.watch import ScreenWatch, WaitResult, WaitSpec, parse_wait
+from agent.errors import AgentError, BadRequest, DisplayUnavailable, field_error
 
 T = TypeVar("T")
 
@@ -38,6 +41,8 @@ MAX_WHEEL = 1000
 MAX_WAIT_MS = 60_000
 MAX_PATH = 1000
 IDLE_RELEASE_S = 2.0
+# PNG bands encode in parallel: one thread per core (zlib releases the GIL).
+ENCODERS = max(2, os.cpu_count() or 2)
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,14 @@ class Action:
     run: Callable[[InputSession], None]
     points: tuple[tuple[int, int, str], ...] = ()  # checked against the screen first
     hides_cursor: bool | None = None  # set_cursor's new state, kept across reconnects
+    wait: WaitSpec | None = None  # what to wait for on screen once the action is done
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    waits: list[tuple[int, WaitResult]]  # (action index, result) of each action that waited
+    shot: Shot | None = None  # the closing screenshot, when the batch ends with one
+    shot_wait: WaitResult | None = None
 
 
 def _limit(params: Mapping[str, Any], name: str, low: int, high: int, default: int) -> int:
@@ -64,6 +77,27 @@ def _point(params: Mapping[str, Any]) -> tuple[int, int]:
 
 def prepare(kind: str, params: Mapping[str, Any]) -> Action:
     """A validated action, ready to run on the input connection."""
+    action = _prepare(kind, params)
+    wait = parse_wait(params.get("wait"))
+    if wait is None:
+        return action
+    return Action(action.kind, action.run, action.points, action.hides_cursor, wait)
+
+
+def _shot_request(params: Mapping[str, Any]) -> ShotRequest:
+    region = params.get("region")
+    scale = params.get("scale_to") or {}
+    return ShotRequest(
+        region=Region(int(region["x"]), int(region["y"]), int(region["width"]),
+                      int(region["height"])) if region else None,
+        format=str(params.get("format") or "png"),
+        quality=params.get("quality"),
+        scale_width=scale.get("width"),
+        scale_height=scale.get("height"),
+    )
+
+
+def _prepare(kind: str, params: Mapping[str, Any]) -> Action:
     hold = keys.parse_hold_keys(params.get("hold_keys"))
     if kind == "click_mouse":
         x, y = _point(params)
@@ -145,11 +179,13 @@ class Computer:
         self.display_name = display_name
         self._cursor_hidden = False
         self._closing = threading.Event()
-        self._encoders = ThreadPoolExecutor(max_workers=2, thread_name_prefix="encode")
+        self._encoders = ThreadPoolExecutor(max_workers=ENCODERS,
+                                            thread_name_prefix="encode")
         self.input: XConnection[InputSession] = XConnection(
             display_name, "input", input_factory(self._closing, lambda: self._cursor_hidden))
         self.reads: XConnection[CaptureSession] = XConnection(
             display_name, "read", lambda dpy: CaptureSession(dpy, self._encoders))
+        self.watch = ScreenWatch(display_name)
         self.clipboard = Clipboard(display_name, clipboard_max_bytes)
         self._trim_timer: asyncio.TimerHandle | None = None
         self._trim_task: asyncio.Task[None] | None = None
@@ -158,13 +194,38 @@ class Computer:
         self._closing.set()
         if self._trim_timer is not None:
             self._trim_timer.cancel()
-        await asyncio.gather(self.input.close(), self.reads.close(), self.clipboard.close())
+        await asyncio.gather(self.input.close(), self.reads.close(), self.clipboard.close(),
+                             asyncio.to_thread(self.watch.close))
         self._encoders.shutdown(wait=False)
+
+    # -- waiting for the screen ----------------------------------------------------------
+
+    async def _mark(self) -> int:
+        if self._closing.is_set():
+            raise DisplayUnavailable("the computer controller is shutting down")
+        return await asyncio.to_thread(self.watch.mark)
+
+    async def _wait(self, spec: WaitSpec, mark: int) -> WaitResult:
+        return await asyncio.wrap_future(self.watch.wait(spec, mark))
+
+    def _wait_in_job(self, spec: WaitSpec, mark: int, session: InputSession) -> WaitResult:
+        """A wait inside an input job (a batch): it stops when its caller goes away."""
+        future = self.watch.wait(spec, mark)
+        while True:
+            try:
+                return future.result(timeout=ABANDON_CHECK_S)
+            except FutureTimeout:
+                if self._closing.is_set() or (
+                        session.abandoned is not None and session.abandoned.is_set()):
+                    future.cancel()
+                    raise Abandoned("the caller went away") from None
 
     # -- input ---------------------------------------------------------------------------
 
-    async def perform(self, kind: str, params: Mapping[str, Any]) -> None:
+    async def perform(self, kind: str, params: Mapping[str, Any]) -> WaitResult | None:
+        """Run one action; with a `wait`, then wait for the screen and say how that went."""
         action = prepare(kind, params)
+        mark = await self._mark() if action.wait is not None else 0
 
         def run(session: InputSession) -> None:
             for x, y, field in action.points:
@@ -174,6 +235,9 @@ class Computer:
         await self._run_input(run)
         if action.hides_cursor is not None:
             self._cursor_hidden = action.hides_cursor
+        if action.wait is None:
+            return None
+        return await self._wait(action.wait, mark)
 
     async def _run_input(self, fn: Callable[[InputSession], None]) -> None:
         """Run an input job in turn. If its caller is cancelled (the client went away) the
@@ -196,26 +260,50 @@ class Computer:
             abandoned.set()
             raise
 
-    async def batch(self, actions: Sequence[Mapping[str, Any]]) -> None:
+    async def batch(self, actions: Sequence[Mapping[str, Any]],
+                    wait: Any = None) -> BatchOutcome:
+        """Run the actions in order (each waiting for the screen when it says so, the last
+        one also for the batch's `wait`); a final `screenshot` item is taken at the end."""
         prepared: list[Action] = []
+        closing_shot: tuple[ShotRequest, WaitSpec | None] | None = None
         for index, item in enumerate(actions):
             kind = str(item.get("type"))
             try:
                 extra = sorted(k for k in item if k not in ("type", kind))
-                if kind not in ACTION_TYPES:
+                if kind == "screenshot":
+                    if index != len(actions) - 1:
+                        raise BadRequest("a screenshot may only end a batch",
+                                         details=[field_error("type", "screenshot may only "
+                                                              "be the last action")])
+                elif kind not in ACTION_TYPES:
                     prepare(kind, {})
                 if extra:
                     raise BadRequest(f"only the {kind} field may accompany type {kind}",
                                      details=[field_error(extra[0], f"not allowed with type "
                                                           f"{kind}", "unexpected_field")])
-                if kind not in item or not isinstance(item[kind], Mapping):
+                params = item.get(kind, {} if kind == "screenshot" else None)
+                if not isinstance(params, Mapping):
                     raise BadRequest(f"type {kind} needs its parameters in the {kind} field",
                                      details=[field_error(kind, "is required",
                                                           "missing_field")])
-                prepared.append(prepare(kind, item[kind]))
+                if kind == "screenshot":
+                    closing_shot = (_shot_request(params), parse_wait(params.get("wait")))
+                else:
+                    prepared.append(prepare(kind, params))
             except AgentError as exc:
                 raise _in_batch(exc, index, kind) from None
+        final_wait = parse_wait(wait)
+        if final_wait is not None and not prepared:
+            raise BadRequest("wait needs an input action to follow",
+                             details=[field_error("wait", "the batch has no input action")])
+        if final_wait is not None:
+            last = prepared[-1]
+            prepared[-1] = Action(last.kind, last.run, last.points, last.hides_cursor,
+                                  last.wait or final_wait)
+        needs_watch = closing_shot is not None and closing_shot[1] is not None
+        first_mark = await self._mark() if needs_watch else 0
         position = [0]
+        waits: list[tuple[int, WaitResult]] = []
 
         def run(session: InputSession) -> None:
             for index, action in enumerate(prepared):
@@ -224,15 +312,27 @@ class Computer:
                     session.check_point(x, y, field)
             for index, action in enumerate(prepared):
                 position[0] = index
+                mark = self.watch.mark() if action.wait is not None else 0
                 action.run(session)
                 if action.hides_cursor is not None:
                     self._cursor_hidden = action.hides_cursor
+                if action.wait is not None:
+                    waits.append((index, self._wait_in_job(action.wait, mark, session)))
 
         try:
-            await self._run_input(run)
+            if prepared:
+                await self._run_input(run)
         except AgentError as exc:
             index = position[0]
             raise _in_batch(exc, index, prepared[index].kind) from None
+        if closing_shot is None:
+            return BatchOutcome(waits)
+        request, shot_wait = closing_shot
+        try:
+            shot, result = await self._screenshot(request, shot_wait, first_mark)
+        except AgentError as exc:
+            raise _in_batch(exc, len(actions) - 1, "screenshot") from None
+        return BatchOutcome(waits, shot, result)
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -240,20 +340,24 @@ class Computer:
         return await self.reads.run(lambda s: s.pointer())
 
     async def screenshot(self, params: Mapping[str, Any]) -> Shot:
-        region = params.get("region")
-        scale = params.get("scale_to") or {}
-        request = ShotRequest(
-            region=Region(int(region["x"]), int(region["y"]), int(region["width"]),
-                          int(region["height"])) if region else None,
-            format=str(params.get("format") or "png"),
-            quality=params.get("quality"),
-            scale_width=scale.get("width"),
-            scale_height=scale.get("height"),
-        )
+        return (await self.screenshot_waiting(params))[0]
+
+    async def screenshot_waiting(self, params: Mapping[str, Any]
+                                 ) -> tuple[Shot, WaitResult | None]:
+        """The screen as an image; with a `wait`, taken once the screen changed or settled
+        after the request arrived (or the wait timed out), and how that wait went."""
+        request = _shot_request(params)
+        spec = parse_wait(params.get("wait"))
+        mark = await self._mark() if spec is not None else 0
+        return await self._screenshot(request, spec, mark)
+
+    async def _screenshot(self, request: ShotRequest, spec: WaitSpec | None,
+                          mark: int) -> tuple[Shot, WaitResult | None]:
+        result = await self._wait(spec, mark) if spec is not None else None
         shot = await self.reads.run(lambda s: s.screenshot(request))
         if not shot.reused:
             self._trim_later()
-        return shot
+        return shot, result
 
     def _trim_later(self) -> None:
         """Once screenshots have stopped for a while, drop the capture buffer (a full-screen

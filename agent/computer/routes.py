@@ -9,6 +9,8 @@ from aiohttp import web
 
 from agent.appkeys import HEALTH_PROBES, SETTINGS
 from agent.computer.manager import Computer
+from agent.computer.screen import Shot
+from agent.computer.watch import WaitResult, combine
 from agent.errors import AgentError
 from agent.spec import request_json
 
@@ -20,10 +22,21 @@ def _computer(request: web.Request) -> Computer:
     return request.app[COMPUTER]
 
 
+def _waited(result: WaitResult | None, extra: dict[str, Any] | None = None) -> web.Response:
+    """An action's answer: empty, or with a `wait`, how the wait went (JSON and headers)."""
+    if result is None:
+        return web.Response(status=200)
+    return web.json_response({**result.to_json(), **(extra or {})}, headers=result.headers())
+
+
+def _image(shot: Shot, result: WaitResult | None) -> web.Response:
+    headers = {"Cache-Control": "no-store", **(result.headers() if result else {})}
+    return web.Response(body=shot.data, content_type=shot.content_type, headers=headers)
+
+
 async def _act(request: web.Request, kind: str) -> web.Response:
     body = await request_json(request)
-    await _computer(request).perform(kind, body)
-    return web.Response(status=200)
+    return _waited(await _computer(request).perform(kind, body))
 
 
 @routes.post("/computer/click_mouse")
@@ -66,8 +79,16 @@ async def cursor(request: web.Request) -> web.Response:
 @routes.post("/computer/batch")
 async def batch(request: web.Request) -> web.Response:
     body = await request_json(request)
-    await _computer(request).batch(body["actions"])
-    return web.Response(status=200)
+    outcome = await _computer(request).batch(body["actions"], body.get("wait"))
+    results = [result for _, result in outcome.waits]
+    if outcome.shot is not None:
+        if outcome.shot_wait is not None:
+            results.append(outcome.shot_wait)
+        return _image(outcome.shot, combine(results) if results else None)
+    if not results:
+        return web.Response(status=200)
+    return _waited(combine(results), {"waits": [{"index": index, **result.to_json()}
+                                                for index, result in outcome.waits]})
 
 
 @routes.post("/computer/get_mouse_position")
@@ -79,9 +100,8 @@ async def get_mouse_position(request: web.Request) -> web.Response:
 @routes.post("/computer/screenshot")
 async def screenshot(request: web.Request) -> web.Response:
     body = await request_json(request)
-    shot = await _computer(request).screenshot(body)
-    return web.Response(body=shot.data, content_type=shot.content_type,
-                        headers={"Cache-Control": "no-store"})
+    shot, result = await _computer(request).screenshot_waiting(body)
+    return _image(shot, result)
 
 
 @routes.post("/computer/clipboard/read")

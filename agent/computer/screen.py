@@ -2,8 +2,11 @@
 
 Capture costs well under a millisecond with MIT-SHM (`mss`); encoding is what costs. PNG
 is written here directly: rows with filter type None, deflated at level 1 in parallel
-strips (zlib releases the GIL), which is 2-3x faster than Pillow's PNG writer at a
-similar size for screen content. JPEG and WebP go through Pillow.
+bands, one encoder thread per core (the deflater releases the GIL). The deflater is
+zlib-ng's (the `zlib-ng` package): its level 1 is a dedicated fast strategy, 3-6x faster
+than zlib's level 1 on screen content for files about a fifth larger, and the stream it
+writes is ordinary zlib/deflate that every PNG reader decodes. JPEG and WebP go through
+Pillow.
 
 The X DAMAGE extension tells whether anything was drawn since the last capture: a
 DamageNotify arrives when the damage region of the root window becomes non-empty, and it
@@ -18,7 +21,6 @@ import functools
 import io
 import logging
 import struct
-import zlib
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +31,7 @@ from PIL import Image
 from Xlib import X
 from Xlib import display as xdisplay
 from Xlib.ext import damage
+from zlib_ng import zlib_ng
 
 from agent.computer.display import drain_events
 from agent.errors import BadRequest, DisplayUnavailable, field_error
@@ -97,7 +100,7 @@ class Band:
 
 
 def _png_chunk(kind: bytes, payload: bytes) -> bytes:
-    crc = zlib.crc32(payload, zlib.crc32(kind))
+    crc = zlib_ng.crc32(payload, zlib_ng.crc32(kind))
     return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
 
 
@@ -116,9 +119,10 @@ def adler32_combine(first: int, second: int, second_len: int) -> int:
 def _deflate_rows(rgb: bytes | memoryview, width: int, rows: int, last: bool) -> Band:
     stride = width * 3
     lines = b"".join([b"\x00" + rgb[y * stride:(y + 1) * stride] for y in range(rows)])
-    packer = zlib.compressobj(1, zlib.DEFLATED, -15)
-    data = packer.compress(lines) + packer.flush(zlib.Z_FINISH if last else zlib.Z_FULL_FLUSH)
-    return Band(data, zlib.adler32(lines), len(lines))
+    packer = zlib_ng.compressobj(1, zlib_ng.DEFLATED, -15)
+    data = packer.compress(lines) + packer.flush(
+        zlib_ng.Z_FINISH if last else zlib_ng.Z_FULL_FLUSH)
+    return Band(data, zlib_ng.adler32(lines), len(lines))
 
 
 def _band_from_bgrx(bgrx: Any, width: int, rows: int, last: bool) -> Band:
