@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 NODE_DIR := tests/node
 
-.PHONY: all setup system venv node-deps run test lint unit integration image-test bench image clean
+.PHONY: all setup system venv node-deps run test lint unit integration image-test fuzz bench image clean
 
 all: test
 
@@ -49,6 +49,13 @@ image-test: setup
 test: setup node-deps lint
 	$(BIN)/pytest tests/unit tests/integration
 	$(BIN)/pytest -m image -s tests/image
+
+# A deeper, randomized spec fuzz for hunting (not part of `make test`, whose fuzz run is
+# derandomized): FUZZ_EXAMPLES examples per operation, a fresh draw each run.
+FUZZ_EXAMPLES ?= 500
+fuzz: setup
+	AGENT_FUZZ_RANDOM=1 AGENT_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) \
+		$(BIN)/pytest -o timeout=7200 tests/integration/test_fuzz.py
 
 bench: setup
 	$(BIN)/python bench/computer.py
