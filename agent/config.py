@@ -118,8 +118,12 @@ OPTIONS: tuple[Option, ...] = (
            "seconds an exited process stays queryable (default 600)"),
     Option("exec_output_cap", "AGENT_EXEC_OUTPUT_CAP", "--exec-output-cap", _int,
            "bytes of stdout and of stderr kept by exec (default 16 MiB each)"),
-    Option("process_buffer_bytes", "AGENT_PROCESS_BUFFER", "--process-buffer", _int,
-           "bytes of output a spawned process keeps for replay (default 8 MiB)"),
+    Option("process_output_bytes", "AGENT_PROCESS_OUTPUT_MAX", "--process-output-max", _int,
+           "bytes of output a spawned process keeps on disk for its readers; beyond it the "
+           "oldest is dropped and readers are told (default 1 GiB)"),
+    Option("process_spool_dir", "AGENT_PROCESS_SPOOL_DIR", "--process-spool-dir", _str,
+           "where the daemon makes its own directory of process output spools (default: "
+           "the system's temporary directory)"),
     Option("kill_grace_s", "AGENT_KILL_GRACE", "--kill-grace", _float,
            "seconds between TERM and KILL when stopping processes (default 5)"),
     Option("adopt_orphans", "AGENT_ADOPT_ORPHANS", "--adopt-orphans", _bool,
@@ -162,7 +166,8 @@ class Settings:
     max_processes: int = 64
     process_retention_s: float = 600.0
     exec_output_cap: int = 16 << 20
-    process_buffer_bytes: int = 8 << 20
+    process_output_bytes: int = 1 << 30
+    process_spool_dir: str = ""
     kill_grace_s: float = 5.0
     supervisor_socket: str = "/run/browser-agent/supervisor.sock"
     cdp_proxy_host: str | None = None
