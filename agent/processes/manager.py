@@ -434,7 +434,7 @@ class ProcessManager:
             owner = launch.identity.uid if launch.identity.switch else None
             master, slave = pty.open_pty(tty.rows, tty.cols, owner)
             try:
-                popen = start(launch, slave, slave, slave, pty.take_controlling_terminal)
+                popen = start(launch, slave, slave, slave, tty=True)
                 reader = os.dup(master)
             except BaseException:
                 _close_quietly(master)
