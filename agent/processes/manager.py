@@ -32,7 +32,7 @@ from agent.processes.child import SIGNALS, Child, ExitStatus, live_sessions, ter
 from agent.processes.launch import Command, Launch, resolve, start
 from agent.processes.orphans import OrphanReaper
 from agent.processes.output import CappedBuffer, OutputPump
-from agent.processes.spool import Spool, SpoolDirectory
+from agent.processes.spool import Spool, SpoolDirectory, record_owner
 
 log = logging.getLogger(__name__)
 
@@ -457,6 +457,10 @@ class ProcessManager:
             out_fds = {"stdout": out_r, "stderr": err_r}
             stdin_fd = in_w
         os.set_blocking(stdin_fd, False)
+        try:
+            record_owner(spool.directory, popen.pid)
+        except OSError as exc:
+            log.warning("process %s: cannot record its pid in the spool: %s", process_id, exc)
         proc = ManagedProcess(process_id, Child(popen), out_fds, stdin_fd, master_fd, spool,
                               self._stdin_timeout_s)
         self._procs[proc.id] = proc

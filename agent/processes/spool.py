@@ -23,6 +23,7 @@ import errno
 import logging
 import os
 import shutil
+import signal
 import struct
 import tempfile
 from array import array
@@ -30,7 +31,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 from agent.errors import BadRequest
-from agent.processes.child import ExitStatus
+from agent.processes.child import ExitStatus, session_members
 from agent.processes.output import Chunk, Exited, Item, Missed
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,10 @@ class Spool:
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
         self._new_segment()
+
+    @property
+    def directory(self) -> str:
+        return self._dir
 
     # --- writing ------------------------------------------------------------------
 
@@ -263,8 +268,12 @@ class Spool:
 class SpoolDirectory:
     """The daemon's own directory of spools: `browser-agent-spool-<pid>-<random>` (mode
     0700, so the browser's user can neither read nor plant output) inside `parent` (the
-    system's temporary directory when empty). Directories left by a daemon that died
-    without cleaning up (SIGKILL) are removed when the next one creates its own."""
+    system's temporary directory when empty).
+
+    A daemon that dies without cleaning up (SIGKILL) leaves its directory, and its spawned
+    processes running with nobody to read or stop them. Each spool names its process (pid
+    and start time, in `owner`), so the next daemon to create its directory stops those
+    processes' sessions (KILL) and removes the directory."""
 
     PREFIX = "browser-agent-spool-"
 
@@ -281,13 +290,57 @@ class SpoolDirectory:
             pid = name[len(self.PREFIX):].split("-", 1)[0]
             if pid.isdigit() and (int(pid) == os.getpid() or not _alive(int(pid))):
                 log.info("removing the spool directory of a daemon that is gone: %s", name)
-                shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+                stale = os.path.join(parent, name)
+                for entry in os.listdir(stale):
+                    stop_orphaned(os.path.join(stale, entry, OWNER))
+                shutil.rmtree(stale, ignore_errors=True)
 
     def path_for(self, process_id: str) -> str:
         return os.path.join(self.path, process_id)
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+OWNER = "owner"
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time (clock ticks after boot), which tells it from a later
+    process that reuses its pid."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat_file:
+            stat = stat_file.read()
+    except OSError:
+        return None
+    return int(stat[stat.rfind(b")") + 2:].split()[19])
+
+
+def record_owner(spool_dir: str, pid: int) -> None:
+    """Name the process whose output this spool holds (see `SpoolDirectory`)."""
+    with open(os.path.join(spool_dir, OWNER), "w") as owner:
+        owner.write(f"{pid} {start_time(pid)}\n")
+
+
+def stop_orphaned(owner_file: str) -> int:
+    """KILL the session of the process an `owner` file names, if it is still that process;
+    how many processes were signalled."""
+    try:
+        with open(owner_file) as owner:
+            pid_text, started = owner.read().split()
+    except (OSError, ValueError):
+        return 0
+    pid = int(pid_text)
+    if str(start_time(pid)) != started:
+        return 0
+    members = session_members(pid)
+    for member in members:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(member, signal.SIGKILL)
+    if members:
+        log.warning("stopped %d processes left by a daemon that died: session %d",
+                    len(members), pid)
+    return len(members)
 
 
 def _alive(pid: int) -> bool:

@@ -8,6 +8,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -176,3 +177,39 @@ def test_spool_directory_is_private_and_stale_ones_are_removed(tmp_path: Path) -
     assert os.stat(directory.path).st_mode & 0o777 == 0o700
     directory.remove()
     assert not Path(directory.path).exists()
+
+
+def test_processes_of_a_dead_daemon_are_stopped_by_the_next(tmp_path: Path) -> None:
+    """What a SIGKILLed daemon leaves: its spool directory naming a live process (with a
+    child in its session). The next daemon's spool directory stops that whole session, and
+    leaves alone a process whose pid no longer matches its recorded start time."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    stale = tmp_path / f"{SpoolDirectory.PREFIX}{dead}-abc"
+    orphan = subprocess.Popen(["sh", "-c", "sleep 300 & wait"], start_new_session=True)
+    bystander = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        for name, proc in (("one", orphan), ("two", bystander)):
+            (stale / name).mkdir(parents=True)
+            spool_module.record_owner(str(stale / name), proc.pid)
+        owner = stale / "two" / spool_module.OWNER
+        pid, started = owner.read_text().split()
+        owner.write_text(f"{pid} {int(started) - 1}\n")  # another process with that pid
+        wait_for_members = 0
+        while len(spool_module.session_members(orphan.pid)) < 2 and wait_for_members < 500:
+            wait_for_members += 1
+            time.sleep(0.01)
+        members = spool_module.session_members(orphan.pid)
+        assert len(members) == 2
+        SpoolDirectory(str(tmp_path)).remove()
+        assert orphan.wait(10) == -9
+        for member in members:
+            assert not Path(f"/proc/{member}").exists() or \
+                Path(f"/proc/{member}/stat").read_text().split(") ")[1][0] == "Z"
+        assert bystander.poll() is None
+        assert not stale.exists()
+    finally:
+        for proc in (orphan, bystander):
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
