@@ -297,6 +297,10 @@ class ProcessManager:
         when they exit, and stopped at shutdown too (see `orphans`)."""
         if self._orphans is not None:
             self._orphans.start()
+        try:  # now: it also stops what a daemon that died before this one left running
+            self._spools = SpoolDirectory(self._settings.process_spool_dir)
+        except OSError as exc:
+            log.warning("cannot create the process output spool directory: %s", exc)
 
     # --- table ----------------------------------------------------------------------
 
@@ -419,9 +423,9 @@ class ProcessManager:
             raise
 
     def _spool(self, process_id: str) -> Spool:
-        if self._spools is None:
-            self._spools = SpoolDirectory(self._settings.process_spool_dir)
         try:
+            if self._spools is None:
+                self._spools = SpoolDirectory(self._settings.process_spool_dir)
             return Spool(self._spools.path_for(process_id),
                          self._settings.process_output_bytes)
         except OSError as exc:

@@ -29,6 +29,7 @@ import tempfile
 from array import array
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
+from typing import ClassVar
 
 from agent.errors import BadRequest
 from agent.processes.child import ExitStatus, session_members
@@ -276,19 +277,25 @@ class SpoolDirectory:
     processes' sessions (KILL) and removes the directory."""
 
     PREFIX = "browser-agent-spool-"
+    # Directories of this process, which may host several apps (as tests do).
+    _in_use: ClassVar[set[str]] = set()
 
     def __init__(self, parent: str) -> None:
-        parent = parent or tempfile.gettempdir()
+        parent = os.path.abspath(parent or tempfile.gettempdir())
         os.makedirs(parent, 0o755, exist_ok=True)
         self._remove_stale(parent)
         self.path = tempfile.mkdtemp(prefix=f"{self.PREFIX}{os.getpid()}-", dir=parent)
+        self._in_use.add(self.path)
 
     def _remove_stale(self, parent: str) -> None:
         for name in os.listdir(parent):
             if not name.startswith(self.PREFIX):
                 continue
             pid = name[len(self.PREFIX):].split("-", 1)[0]
-            if pid.isdigit() and (int(pid) == os.getpid() or not _alive(int(pid))):
+            mine = pid.isdigit() and int(pid) == os.getpid()
+            if os.path.join(parent, name) in self._in_use:
+                continue
+            if pid.isdigit() and (mine or not _alive(int(pid))):
                 log.info("removing the spool directory of a daemon that is gone: %s", name)
                 stale = os.path.join(parent, name)
                 for entry in os.listdir(stale):
@@ -299,6 +306,7 @@ class SpoolDirectory:
         return os.path.join(self.path, process_id)
 
     def remove(self) -> None:
+        self._in_use.discard(self.path)
         shutil.rmtree(self.path, ignore_errors=True)
 
 
