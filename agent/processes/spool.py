@@ -114,7 +114,8 @@ class Spool:
 
     def _drop_oldest(self) -> None:
         segment = self._segments.pop(0)
-        os.close(segment.fd)
+        if segment.fd >= 0:
+            os.close(segment.fd)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(segment.path)
 
@@ -157,19 +158,27 @@ class Spool:
         self._wake()
 
     def finish(self, status: ExitStatus) -> None:
+        """The process exited and its output is all in: the exit event follows the last
+        chunk. The spool's files stay (for readers) but hold no fd of the writer's."""
         if self._exited is None:
             self._exited = Exited(status, self.total)
             self._next_seq += 1
+            self._close_fds()
             self._wake()
+
+    def _close_fds(self) -> None:
+        for segment in self._segments:
+            if segment.fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(segment.fd)
+                segment.fd = -1
 
     def close(self) -> None:
         """Delete the spool (the process is forgotten, or the daemon stops)."""
         if self._closed:
             return
         self._closed = True
-        for segment in self._segments:
-            with contextlib.suppress(OSError):
-                os.close(segment.fd)
+        self._close_fds()
         self._segments.clear()
         shutil.rmtree(self._dir, ignore_errors=True)
         self._wake()

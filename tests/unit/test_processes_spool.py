@@ -8,10 +8,10 @@ import asyncio
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from helpers import wait_until
 
 from agent.errors import BadRequest
 from agent.processes import spool as spool_module
@@ -54,7 +54,9 @@ async def test_a_late_reader_gets_every_byte_from_disk_not_memory(tmp_path: Path
         chunk = bytes([i]) * (1 << 20)
         spool.append("stdout", chunk)
         expected += chunk
+    fds = len(os.listdir("/proc/self/fd"))
     spool.finish(ExitStatus(0))
+    assert len(os.listdir("/proc/self/fd")) < fds  # the writer's fds are closed at the exit
     on_disk = sum(f.stat().st_size for f in (tmp_path / "p").iterdir())
     assert on_disk >= len(expected)
     pairs = await collect(spool)
@@ -195,17 +197,15 @@ def test_processes_of_a_dead_daemon_are_stopped_by_the_next(tmp_path: Path) -> N
         owner = stale / "two" / spool_module.OWNER
         pid, started = owner.read_text().split()
         owner.write_text(f"{pid} {int(started) - 1}\n")  # another process with that pid
-        wait_for_members = 0
-        while len(spool_module.session_members(orphan.pid)) < 2 and wait_for_members < 500:
-            wait_for_members += 1
-            time.sleep(0.01)
+        wait_until(lambda: len(spool_module.session_members(orphan.pid)) == 2,
+                   what="the orphan's child to start")
         members = spool_module.session_members(orphan.pid)
         assert len(members) == 2
         SpoolDirectory(str(tmp_path)).remove()
         assert orphan.wait(10) == -9
-        for member in members:
-            assert not Path(f"/proc/{member}").exists() or \
-                Path(f"/proc/{member}/stat").read_text().split(") ")[1][0] == "Z"
+        # Every member gone, or a zombie for init to reap: none running.
+        wait_until(lambda: not spool_module.session_members(orphan.pid), timeout=10,
+                   what=f"the session's processes {members} to die")
         assert bystander.poll() is None
         assert not stale.exists()
     finally:
