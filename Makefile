@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 NODE_DIR := tests/node
 
-.PHONY: all setup system venv node-deps run test lint unit integration image-test fuzz bench image clean
+.PHONY: all setup system venv node-deps run test lint unit integration image-test fuzz soak bench image clean
 
 all: test
 
@@ -48,6 +48,7 @@ image-test: setup
 
 test: setup node-deps lint
 	$(BIN)/pytest tests/unit tests/integration
+	$(BIN)/pytest -s tests/soak
 	$(BIN)/pytest -m image -s tests/image
 
 # A deeper, randomized spec fuzz for hunting (not part of `make test`, whose fuzz run is
@@ -56,6 +57,11 @@ FUZZ_EXAMPLES ?= 500
 fuzz: setup
 	AGENT_FUZZ_RANDOM=1 AGENT_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) \
 		$(BIN)/pytest -o timeout=7200 tests/integration/test_fuzz.py
+
+# The soak test under faults for 10 minutes (`make test` runs it for 75 s).
+SOAK_SECONDS ?= 600
+soak: setup
+	AGENT_SOAK_SECONDS=$(SOAK_SECONDS) $(BIN)/pytest -s tests/soak
 
 bench: setup
 	$(BIN)/python bench/computer.py
