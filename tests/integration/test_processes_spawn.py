@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -254,6 +255,19 @@ async def test_kill_reaches_the_process_group(make_client: MakeClient) -> None:
                            what="the background child to get TERM too")
 
 
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of a process and its descendants, as psutil reads them."""
+    total = 0.0
+    leader = psutil.Process(pid)
+    for proc in [leader, *leader.children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system + times.children_user + times.children_system
+    return total
+
+
 async def test_status_reports_cpu_and_memory_with_children(make_client: MakeClient) -> None:
     client = await make_client()
     script = ("import time\n"
@@ -261,15 +275,31 @@ async def test_status_reports_cpu_and_memory_with_children(make_client: MakeClie
               "block[::4096] = b'x' * len(block[::4096])\n"
               "while True: pass\n")
     # The busy, memory-hungry process is a child of the spawned shell.
-    process_id = await spawn(client, command="sh", args=["-c", f"python3 -c \"{script}\""])
+    resp = await client.post("/process/spawn", json={
+        "command": "sh", "args": ["-c", f"python3 -c \"{script}\""]})
+    spawned = await resp.json()
+    process_id, pid = spawned["process_id"], spawned["pid"]
 
     async def busy_and_big() -> bool:
         state = await status(client, process_id)
         assert state["state"] == "running" and state["exit_code"] is None
-        return bool(state["cpu_pct"] > 40 and state["mem_bytes"] > 80 * 1024 * 1024)
+        return bool(state["cpu_pct"] > 0 and state["mem_bytes"] > 80 * 1024 * 1024)
 
     await async_wait_until(busy_and_big, timeout=20, interval=0.3,
                            what="cpu_pct and mem_bytes to show the busy child")
+
+    # cpu_pct is the tree's CPU time over the time since the previous sample: compare it
+    # with the same measured here over (nearly) the same window, whatever share of the
+    # CPU a busy machine leaves the child.
+    await asyncio.sleep(1.1)  # a window of at least a second (the daemon's too)
+    await status(client, process_id)  # the daemon's window starts here
+    cpu_then, then = tree_cpu(pid), time.monotonic()
+    await asyncio.sleep(1.1)
+    cpu_now, now = tree_cpu(pid), time.monotonic()
+    reported = (await status(client, process_id))["cpu_pct"]
+    measured = (cpu_now - cpu_then) / (now - then) * 100
+    assert measured > 1, measured  # the child did run
+    assert abs(reported - measured) <= 0.25 * measured + 5, (reported, measured)
     await client.post(f"/process/{process_id}/kill", json={"signal": "KILL"})
     await wait_exited(client, process_id)
 
