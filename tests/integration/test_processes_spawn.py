@@ -374,3 +374,18 @@ async def test_head_of_a_running_stream_answers_at_once(make_client: MakeClient)
     assert resp.status == 200
     assert resp.headers["Content-Type"].startswith("text/event-stream")
     await client.post(f"/process/{process_id}/kill", json={"signal": "KILL"})
+
+
+async def test_an_idle_stream_gets_keepalive_comments(make_client: MakeClient) -> None:
+    """A process that writes nothing: its stream carries `: keepalive` comments every
+    `sse_keepalive_s`, and no events."""
+    client = await make_client(sse_keepalive_s=0.2)
+    process_id = await spawn(client, command="sleep", args=["30"])
+    resp = await client.get(f"/process/{process_id}/stdout/stream")
+    assert resp.status == 200
+    raw = b""
+    while raw.count(b": keepalive\n\n") < 3:
+        raw += await asyncio.wait_for(resp.content.readany(), 10)
+    assert raw == b": keepalive\n\n" * raw.count(b": keepalive\n\n")
+    resp.close()
+    await client.post(f"/process/{process_id}/kill", json={"signal": "KILL"})
