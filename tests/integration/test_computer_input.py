@@ -423,15 +423,17 @@ async def test_reads_are_not_held_up_by_a_long_drag(client: Any, xvfb: Xvfb,
     await open_page(chromium, DRAGGABLE)
     x, y = await screen_point(chromium, "#handle")
     drag = asyncio.create_task(post(client, "/computer/drag_mouse", {
-        "path": [[x, y], [x + 200, y + 100]], "duration_ms": 2500}))
-    await asyncio.sleep(0.3)
-    started = time.monotonic()
+        "path": [[x, y], [x + 200, y + 100]], "duration_ms": 6000}))
+    # The drag is under way: its button is down.
+    await async_wait_until(lambda: buttons_down(xvfb.name) != 0, timeout=10,
+                           what="the drag to press its button")
     await post(client, "/computer/screenshot")
     await post(client, "/computer/get_mouse_position")
     await post(client, "/computer/clipboard/read")
-    assert time.monotonic() - started < 1.0
-    assert not drag.done()
+    # All three were answered while the drag still held its button: none waited for it.
+    assert not drag.done() and buttons_down(xvfb.name) != 0
     await drag
+    assert buttons_down(xvfb.name) == 0
 
 
 async def test_an_action_whose_client_left_stops_and_lets_the_next_one_run(
