@@ -464,3 +464,40 @@ async def test_input_actions_run_one_at_a_time_in_arrival_order(
     await asyncio.gather(first, second, third)
     await async_wait_until(lambda: page.evaluate(
         "document.querySelector('#field').value === 'aaaaaabbbc'"), what="ordered input")
+
+
+async def test_hold_keys_on_move_scroll_and_drag(client: Any, page: Chromium) -> None:
+    """The modifiers are down for the whole action, as the page sees it, and up after."""
+    await page.evaluate("""(() => {
+        window.mods = [];
+        for (const type of ['mousemove', 'wheel', 'mousedown', 'mouseup'])
+          document.addEventListener(type, e => window.mods.push(
+            {type, shift: e.shiftKey, ctrl: e.ctrlKey, alt: e.altKey}), true);
+        return true; })()""")
+    ox, oy = await page.viewport_origin()
+
+    async def seen(action: str, body: dict[str, Any], types: set[str]) -> list[dict[str, Any]]:
+        await page.evaluate("window.mods = []")
+        await post(client, f"/computer/{action}", body)
+        found = await async_wait_until(
+            lambda: _with_len(page.evaluate("window.mods"), 1), what=f"events of {action}")
+        return [m for m in found if m["type"] in types]
+
+    moves = await seen("move_mouse", {"x": ox + 100, "y": oy + 100, "smooth": False,
+                                      "hold_keys": ["shift"]}, {"mousemove"})
+    assert moves and all(m["shift"] and not m["ctrl"] for m in moves), moves
+    # shift (not ctrl: ctrl+wheel would zoom the shared browser for later tests)
+    wheels = await seen("scroll", {"x": ox + 120, "y": oy + 120, "delta_y": 2,
+                                   "hold_keys": ["shift"]}, {"wheel"})
+    assert wheels and all(m["shift"] and not m["ctrl"] for m in wheels), wheels
+    drags = await seen("drag_mouse", {"path": [[ox + 60, oy + 60], [ox + 160, oy + 90]],
+                                      "smooth": False, "steps_per_segment": 4,
+                                      "step_delay_ms": 10, "hold_keys": ["ctrl"]},
+                       {"mousemove", "mousedown", "mouseup"})
+    assert {m["type"] for m in drags} == {"mousemove", "mousedown", "mouseup"}, drags
+    assert all(m["ctrl"] and not m["shift"] for m in drags), drags
+    # Released afterwards: a plain move carries no modifier.
+    plain = await seen("move_mouse", {"x": ox + 10, "y": oy + 10, "smooth": False},
+                       {"mousemove"})
+    assert plain and not any(m["shift"] or m["ctrl"] or m["alt"] for m in plain), plain
+    assert keys_down(page.display) == []
