@@ -5,7 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 NODE_DIR := tests/node
 
-.PHONY: all setup system venv node-deps run test lint unit integration image-test fuzz soak bench image clean
+.PHONY: all setup system venv node-deps run test lint unit integration security image-test fuzz soak \
+	bench image clean
 
 all: test
 
@@ -43,11 +44,15 @@ unit: venv
 integration: setup node-deps
 	$(BIN)/pytest tests/integration
 
+# The attacks of the threat model (SECURITY.md) against a real daemon, Xvfb and Chromium.
+security: setup
+	$(BIN)/pytest tests/security
+
 image-test: setup
 	$(BIN)/pytest -m image -s tests/image
 
 test: setup node-deps lint
-	$(BIN)/pytest tests/unit tests/integration
+	$(BIN)/pytest tests/unit tests/integration tests/security
 	$(BIN)/pytest -s tests/soak
 	$(BIN)/pytest -m image -s tests/image
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import time
@@ -14,16 +15,17 @@ from typing import Any
 from aiohttp import web
 
 from agent import __version__
-from agent.appkeys import HEALTH_PROBES, SETTINGS
-from agent.auth import SCOPE_KEY, authenticate, bearer_token, has_scope
+from agent.appkeys import FS_USER, HEALTH_PROBES, SETTINGS
+from agent.auth import SCOPE_KEY, authenticate, check_origin, has_scope, optional_scope
 from agent.browser import routes as browser_routes
 from agent.computer import routes as computer_routes
-from agent.config import Settings
-from agent.errors import AgentError, Forbidden, InternalError, NotFound
+from agent.config import Settings, check_identity
+from agent.errors import AgentError, Forbidden, InternalError, NotFound, TooManyRequests
 from agent.files import routes as files_routes
+from agent.identity import FsUser
 from agent.logs import routes as logs_routes
 from agent.processes import routes as processes_routes
-from agent.spec import ALIAS_PREFIX, operation_for, spec_json, spec_text
+from agent.spec import ALIAS_PREFIX, is_stream, operation_for, spec_json, spec_text
 
 __all__ = ["SETTINGS", "create_app"]
 
@@ -100,6 +102,42 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 @web.middleware
+async def origin_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Host and Origin first, on every request (even a 404): no web page reaches us."""
+    check_origin(request)
+    return await handler(request)
+
+
+class StreamSlots:
+    """Streams (SSE, WebSockets) open at once, and how many may be (AGENT_MAX_STREAMS)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open = 0
+
+
+STREAMS = web.AppKey("streams", StreamSlots)
+
+
+@web.middleware
+async def stream_slots(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every operation the spec says is a stream takes a slot while it runs."""
+    op = operation_for(request)
+    if op is None or not is_stream(op.method, op.path):
+        return await handler(request)
+    slots = request.app[STREAMS]
+    if slots.open >= slots.limit:
+        raise TooManyRequests(f"at most {slots.limit} event streams and WebSockets may be "
+                              "open at once (AGENT_MAX_STREAMS); close one first",
+                              code="too_many_streams")
+    slots.open += 1
+    try:
+        return await handler(request)
+    finally:
+        slots.open -= 1
+
+
+@web.middleware
 async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Scope per operation from the spec's x-scope; the /browsers/{id} check after it."""
     if request.match_info.http_exception is not None:
@@ -108,7 +146,8 @@ async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     op = operation_for(request)
     needed = op.scope if op is not None else "admin"
     if needed != "none":
-        granted = authenticate(request, settings.tokens, bearer_token(request))
+        websocket = op is not None and bool(op.raw.get("x-websocket"))
+        granted = authenticate(request, settings.tokens, websocket=websocket)
         if not has_scope(granted, needed):
             raise Forbidden(f"{request.method} {request.path} needs the {needed} scope; "
                             f"this token has {granted}")
@@ -130,8 +169,11 @@ async def health(request: web.Request) -> web.Response:
     names = list(probes)
     results = await asyncio.gather(*(probes[name]() for name in names))
     healthy = all(result.get("ok") for result in results)
-    body: dict[str, Any] = {"status": "ok" if healthy else "degraded", "version": __version__}
-    body.update(zip(names, results, strict=True))
+    body: dict[str, Any] = {"status": "ok" if healthy else "degraded"}
+    scope = optional_scope(request)
+    if scope is not None and has_scope(scope, "read"):  # details only for a caller
+        body["version"] = __version__
+        body.update(zip(names, results, strict=True))
     return web.json_response(body, status=200 if healthy else 503)
 
 
@@ -158,12 +200,50 @@ def add_browser_aliases(app: web.Application) -> None:
             app.router.add_route(route.method, ALIAS_PREFIX + path, route.handler)
 
 
+async def _close_fs_user(app: web.Application) -> None:
+    app[FS_USER].close()
+
+
+def server_options(settings: Settings) -> dict[str, Any]:
+    """Options of the HTTP server (aiohttp's request handler) that hosts the app. The
+    keep-alive timeout also bounds how long a connection may take to send its request
+    headers: aiohttp closes a connection idle at that point, however slowly bytes come."""
+    return {"handler_cancellation": True, "keepalive_timeout": settings.header_timeout_s}
+
+
+_TOO_MANY = json.dumps({"code": "too_many_connections",
+                        "message": "the daemon has too many open connections "
+                                   "(AGENT_MAX_CONNECTIONS); try again later"}).encode()
+_TOO_MANY_RESPONSE = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                      b"Connection: close\r\nRetry-After: 1\r\nContent-Length: "
+                      + str(len(_TOO_MANY)).encode() + b"\r\n\r\n" + _TOO_MANY)
+
+
+def limit_connections(server: web.Server, limit: int) -> None:
+    """Past `limit` open connections, a new one is answered 503 and closed at once."""
+    admit = server.connection_made
+
+    def connection_made(handler: Any, transport: asyncio.Transport) -> None:
+        admit(handler, transport)
+        if len(server.connections) > limit:
+            log.warning("refusing a connection: %d open (AGENT_MAX_CONNECTIONS)", limit)
+            transport.write(_TOO_MANY_RESPONSE)
+            handler.force_close()
+            transport.close()
+
+    server.connection_made = connection_made  # type: ignore[method-assign]
+
+
 def create_app(settings: Settings) -> web.Application:
+    check_identity(settings)
     app = web.Application(
-        middlewares=[request_context, errors, auth],
+        middlewares=[request_context, errors, origin_guard, auth, stream_slots],
         client_max_size=settings.max_body_bytes,
     )
     app[SETTINGS] = settings
+    app[STREAMS] = StreamSlots(settings.max_streams)
+    app[FS_USER] = FsUser(settings.default_user)
+    app.on_cleanup.append(_close_fs_user)
     app[HEALTH_PROBES] = {}  # the computer and browser slices add display and devtools
     app.on_response_prepare.append(_add_request_id)
     app.router.add_get("/health", health)

@@ -8,8 +8,12 @@ from typing import Any
 from aiohttp import web
 
 from agent.config import Settings
+from agent.identity import FsUser
 
 SETTINGS = web.AppKey("settings", Settings)
+# The browser user's file-system identity: every file operation a client asks for runs
+# in its threads (agent/identity.py).
+FS_USER = web.AppKey("fs_user", FsUser)
 
 # name → probe answering {"ok": bool, ...}; /health runs them all. The slice that owns a
 # component (the X display, the DevTools connection) adds the probe reporting its state.

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import pwd
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,20 +53,60 @@ def _opt_str(text: str) -> str | None:
     return text or None
 
 
+MIN_TOKEN_LENGTH = 16
+# What a token may be made of: visible ASCII but the list separators (`,` `:` `#`).
+_TOKEN_OK = re.compile(r"^[!-~]+$")
+
+
+def check_token(token: str) -> str:
+    """A token the daemon can be run with; ConfigError (never echoing it) otherwise."""
+    if not _TOKEN_OK.match(token) or any(c in token for c in ",:#"):
+        raise ConfigError("a token may hold only visible ASCII characters other than "
+                          "',', ':' and '#'")
+    if len(token) < MIN_TOKEN_LENGTH:
+        raise ConfigError(f"a token is shorter than {MIN_TOKEN_LENGTH} characters "
+                          f"({len(token)}); use a long random one, e.g. "
+                          "`od -An -N32 -tx1 /dev/urandom | tr -d ' \\n'`")
+    return token
+
+
 def parse_tokens(text: str) -> dict[str, str]:
-    """`tok1:read,tok2:write,tok3` → {token: scope}; a token without a scope is admin."""
+    """`tok1:read,tok2:write,tok3` → {token: scope}; a token without a scope is admin.
+    Items may also be separated by newlines (a tokens file), and `#` starts a comment."""
     tokens: dict[str, str] = {}
-    for item in text.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        token, sep, scope = item.rpartition(":")
-        if not sep or scope not in SCOPES:
-            token, scope = item, "admin"
-        if not token:
-            raise ConfigError("empty token in token list")
-        tokens[token] = scope
+    for line in text.splitlines():
+        for item in line.partition("#")[0].split(","):
+            item = item.strip()
+            if not item:
+                continue
+            token, sep, scope = item.rpartition(":")
+            if not sep:
+                token, scope = item, "admin"
+            elif scope not in SCOPES:
+                raise ConfigError(f"unknown scope {scope!r} in token list (read, write "
+                                  "or admin)")
+            if not token:
+                raise ConfigError("empty token in token list")
+            tokens[check_token(token)] = scope
     return tokens
+
+
+def read_secret_file(path: str, what: str) -> str:
+    """The content of a secret file (the `_FILE` convention of Docker and Kubernetes
+    secrets), surrounding blanks removed."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read(1 << 20)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {what} {path}: {getattr(exc, 'strerror', exc)}"
+                          ) from None
+    if not text.strip():
+        raise ConfigError(f"{what} {path} is empty")
+    return text.strip()
+
+
+def _host_list(text: str) -> tuple[str, ...]:
+    return tuple(item.strip().lower() for item in text.split(",") if item.strip())
 
 
 @dataclass(frozen=True)
@@ -87,6 +129,17 @@ OPTIONS: tuple[Option, ...] = (
            "bearer token with the admin scope"),
     Option("api_tokens", "AGENT_API_TOKENS", "--api-tokens", _str,
            "more tokens with scopes: 'tokA:read,tokB:write,tokC:admin'"),
+    Option("api_token_file", "AGENT_API_TOKEN_FILE", "--api-token-file", _opt_str,
+           "file holding the admin token (instead of AGENT_API_TOKEN; keeps it out of "
+           "every process environment)"),
+    Option("api_tokens_file", "AGENT_API_TOKENS_FILE", "--api-tokens-file", _opt_str,
+           "file holding scoped tokens as AGENT_API_TOKENS does (commas or one a line)"),
+    Option("allowed_hosts", "AGENT_ALLOWED_HOSTS", "--allowed-hosts", _host_list,
+           "Host names accepted beside loopback and the listen address, comma-separated "
+           "('*.example.com' for subdomains, '*' for any: turns the check off)"),
+    Option("allowed_origins", "AGENT_ALLOWED_ORIGINS", "--allowed-origins", _host_list,
+           "browser Origins allowed to call the API beside the daemon's own, "
+           "comma-separated, e.g. 'https://console.example.com'"),
     Option("allow_unauthenticated", "AGENT_ALLOW_UNAUTHENTICATED", "--allow-unauthenticated",
            _bool, "serve without a token on a non-loopback address (trusted networks only)",
            is_flag=True),
@@ -102,6 +155,32 @@ OPTIONS: tuple[Option, ...] = (
            "largest JSON request body accepted (default 1 MiB)"),
     Option("sse_keepalive_s", "AGENT_SSE_KEEPALIVE", "--sse-keepalive", _float,
            "seconds between SSE keepalive comments (default 15)"),
+    # limits a client cannot push past (each answers a clear error; SECURITY.md)
+    Option("max_connections", "AGENT_MAX_CONNECTIONS", "--max-connections", _int,
+           "most open client connections; more are answered 503 and closed (default 256)"),
+    Option("header_timeout_s", "AGENT_HEADER_TIMEOUT", "--header-timeout", _float,
+           "seconds a connection may take to send a request's headers, and may stay idle "
+           "between requests (default 30)"),
+    Option("body_timeout_s", "AGENT_BODY_TIMEOUT", "--body-timeout", _float,
+           "seconds a request body may go without sending a byte (default 60)"),
+    Option("max_streams", "AGENT_MAX_STREAMS", "--max-streams", _int,
+           "most concurrent event streams and WebSockets (SSE, attach, DevTools) "
+           "(default 64)"),
+    Option("max_watches", "AGENT_MAX_WATCHES", "--max-watches", _int,
+           "most live filesystem watches (default 64)"),
+    Option("max_watch_dirs", "AGENT_MAX_WATCH_DIRS", "--max-watch-dirs", _int,
+           "most directories (inotify watches) all watches hold together (default 65536)"),
+    Option("unsized_read_max_bytes", "AGENT_UNSIZED_READ_MAX", "--unsized-read-max", _int,
+           "most bytes read_file sends of a file that reports size 0 (/proc, /sys) "
+           "(default 16 MiB)"),
+    Option("zip_download_max_bytes", "AGENT_ZIP_DOWNLOAD_MAX_BYTES", "--zip-download-max-bytes",
+           _int, "most file bytes one download_dir_zip archives (default 8 GiB)"),
+    Option("curl_max_bytes", "AGENT_CURL_MAX_BYTES", "--curl-max-bytes", _int,
+           "largest /curl response body (default 64 MiB)"),
+    Option("cdp_max_message_bytes", "AGENT_CDP_MAX_MESSAGE", "--cdp-max-message", _int,
+           "largest DevTools message the public DevTools endpoint relays (default 128 MiB)"),
+    Option("clipboard_max_bytes", "AGENT_CLIPBOARD_MAX", "--clipboard-max", _int,
+           "largest clipboard content read (default 16 MiB)"),
     # files
     Option("zip_max_entries", "AGENT_ZIP_MAX_ENTRIES", "--zip-max-entries", _int,
            "most entries an uploaded zip may hold (default 10000)"),
@@ -152,6 +231,10 @@ class Settings:
     display: str = ":1"
     api_token: str = ""
     api_tokens: str = ""
+    api_token_file: str | None = None
+    api_tokens_file: str | None = None
+    allowed_hosts: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
     allow_unauthenticated: bool = False
     browser_id: str | None = None
     cdp_address: str = "127.0.0.1:9223"
@@ -159,6 +242,17 @@ class Settings:
     default_user: str | None = None
     max_body_bytes: int = 1 << 20
     sse_keepalive_s: float = 15.0
+    max_connections: int = 256
+    header_timeout_s: float = 30.0
+    body_timeout_s: float = 60.0
+    max_streams: int = 64
+    max_watches: int = 64
+    max_watch_dirs: int = 65536
+    unsized_read_max_bytes: int = 16 << 20
+    zip_download_max_bytes: int = 8 << 30
+    curl_max_bytes: int = 64 << 20
+    cdp_max_message_bytes: int = 128 << 20
+    clipboard_max_bytes: int = 16 << 20
     zip_max_entries: int = 10_000
     zip_max_bytes: int = 2 << 30
     watch_buffer: int = 4096
@@ -238,10 +332,24 @@ def load_settings(
 def make_settings(**values: Any) -> Settings:
     """Build and check a Settings (also what tests use to configure an app)."""
     tokens = dict(values.pop("tokens", {}) or {})
-    if values.get("api_token"):
-        tokens[values["api_token"]] = "admin"
-    if values.get("api_tokens"):
-        tokens.update(parse_tokens(values["api_tokens"]))
+    for token in tokens:
+        check_token(token)
+    for name in ("allowed_hosts", "allowed_origins"):
+        if isinstance(values.get(name), str):
+            values[name] = _host_list(values[name])
+    try:
+        if values.get("api_token"):
+            tokens[check_token(values["api_token"])] = "admin"
+        if values.get("api_token_file"):
+            token = read_secret_file(values["api_token_file"], "the token file")
+            tokens[check_token(token)] = "admin"
+        if values.get("api_tokens"):
+            tokens.update(parse_tokens(values["api_tokens"]))
+        if values.get("api_tokens_file"):
+            tokens.update(parse_tokens(read_secret_file(values["api_tokens_file"],
+                                                        "the tokens file")))
+    except ConfigError as exc:
+        raise ConfigError(f"API tokens: {exc}") from None
     settings = Settings(**values, tokens=tokens)
     if settings.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"--log-level: unknown level {settings.log_level!r}")
@@ -256,4 +364,35 @@ def make_settings(**values: Any) -> Settings:
             f"refusing to listen on {settings.listen_host} without an API token: set "
             "AGENT_API_TOKEN, or pass --allow-unauthenticated on a trusted network"
         )
+    for opt in OPTIONS:
+        value = getattr(settings, opt.name)
+        if opt.name.startswith(("max_", "body_", "header_")) or opt.name.endswith(
+                "_max_bytes"):
+            if not value > 0:
+                raise ConfigError(f"{opt.flag} / {opt.env}: must be positive, got {value}")
+    for origin in settings.allowed_origins:
+        if not re.match(r"^https?://[^/\s]+$", origin):
+            raise ConfigError(f"--allowed-origins: not an origin (scheme://host[:port]): "
+                              f"{origin!r}")
     return settings
+
+
+def check_identity(settings: Settings, euid: int | None = None) -> None:
+    """As root, a browser user must be configured (and exist, and not be root): the
+    daemon acts on files and starts processes as that user, never silently as root."""
+    if (os.geteuid() if euid is None else euid) != 0:
+        return
+    user = settings.default_user
+    if not user:
+        raise ConfigError(
+            "refusing to run as root without a browser user: set AGENT_DEFAULT_USER "
+            "(--default-user) to the unprivileged user Chromium runs as; file and process "
+            "operations act as that user")
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise ConfigError(f"--default-user / AGENT_DEFAULT_USER: no such user: {user!r}"
+                          ) from None
+    if entry.pw_uid == 0:
+        raise ConfigError("--default-user / AGENT_DEFAULT_USER must be an unprivileged "
+                          f"user, not {user!r} (uid 0)")

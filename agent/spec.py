@@ -7,9 +7,11 @@ publishes, so the contract and the code cannot drift. A bad field becomes a 400 
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import functools
 import json
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -21,9 +23,16 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
 from agent.appkeys import SETTINGS
-from agent.errors import BadRequest, PayloadTooLarge, field_error
+from agent.errors import (
+    AgentError,
+    BadRequest,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    field_error,
+)
 
 ALIAS_PREFIX = "/browsers/{browser_id}"
+MAX_JSON_DEPTH = 64  # nesting of arrays and objects in a request body
 
 
 def _parse_float(text: str) -> float | int:
@@ -70,6 +79,19 @@ def operations() -> dict[tuple[str, str], Operation]:
             scope = str(op.get("x-scope", "admin"))
             ops[(method, path)] = Operation(method, path, scope, op)
     return ops
+
+
+@functools.cache
+def is_stream(method: str, path: str) -> bool:
+    """An operation that holds its connection open: a WebSocket (`x-websocket`) or an
+    event stream (a 200 of `text/event-stream`)."""
+    op = operations().get((method, path))
+    if op is None:
+        return False
+    if op.raw.get("x-websocket"):
+        return True
+    ok = op.raw.get("responses", {}).get("200", {})
+    return "text/event-stream" in (ok.get("content") or {})
 
 
 def canonical_path(template: str) -> str:
@@ -161,8 +183,17 @@ async def request_json(request: web.Request) -> dict[str, Any]:
     if op is None or "requestBody" not in op.raw:
         raise RuntimeError(f"no request body schema for {request.method} {request.path}")
     required = bool(op.raw["requestBody"].get("required", False))
+    content_type = request.headers.get("Content-Type")
+    if request.body_exists and request.content_type != "application/json":
+        # Also what keeps a web page's "simple" request (text/plain, a form) out.
+        raise UnsupportedMediaType(
+            f"the request body must be JSON sent with Content-Type: application/json (got "
+            f"{(content_type or 'none')[:100]!r}); with curl, use --json '{{...}}'")
     try:
-        raw = await request.read()
+        async with asyncio.timeout(request.app[SETTINGS].body_timeout_s):
+            raw = await request.read()
+    except TimeoutError:
+        raise body_timeout(request) from None
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[SETTINGS].max_body_bytes
         raise PayloadTooLarge(f"request body larger than the {limit}-byte limit") from None
@@ -171,11 +202,43 @@ async def request_json(request: web.Request) -> dict[str, Any]:
             raise BadRequest("a JSON request body is required",
                              details=[field_error("body", "is required", "missing_field")])
         return validate_body(op, {})
+    if _nesting(raw) > MAX_JSON_DEPTH:
+        raise BadRequest(f"JSON body nested deeper than {MAX_JSON_DEPTH} levels")
     try:
         body = json.loads(raw, parse_float=_parse_float)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise BadRequest(f"malformed JSON body: {exc}") from None
     return validate_body(op, body)
+
+
+_BRACKETS = re.compile(rb'[\[\]{}]|"(?:[^"\\]|\\.)*"')
+
+
+def _nesting(raw: bytes) -> int:
+    """How deep arrays and objects nest in a JSON text (strings skipped), before parsing:
+    the parser and the validator recurse, so depth is bounded first."""
+    if raw.count(b"[") + raw.count(b"{") <= MAX_JSON_DEPTH:
+        return 0
+    depth = deepest = 0
+    for match in _BRACKETS.finditer(raw):
+        token = match.group()
+        if token in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif token in (b"]", b"}"):
+            depth -= 1
+    return deepest
+
+
+class RequestTimeout(AgentError):
+    status = 408
+    code = "body_timeout"
+
+
+def body_timeout(request: web.Request) -> RequestTimeout:
+    seconds = request.app[SETTINGS].body_timeout_s
+    return RequestTimeout(f"the request body stalled: no data for {seconds:g} s "
+                          "(AGENT_BODY_TIMEOUT)", headers={"Connection": "close"})
 
 
 def _coerce(name: str, raw: str, schema: Mapping[str, Any]) -> Any:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -33,8 +34,9 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from helpers import free_port, running_chromium, running_xvfb, wait_until
+from process_helpers import browser_user_env
 
-TOKEN = "bench-token"
+TOKEN = "bench-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
@@ -172,6 +174,7 @@ def main() -> int:
              "--api-token", TOKEN, "--cdp-proxy-port", str(proxy_port),
              "--cdp-proxy-host", "127.0.0.1", "--log-level", "warning"],
             cwd=Path(__file__).resolve().parent.parent,
+            env={**os.environ, **browser_user_env()},
         )
         base = f"http://127.0.0.1:{port}"
 

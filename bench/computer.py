@@ -35,8 +35,9 @@ from websockets.sync.client import connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from helpers import free_port, running_chromium, running_xvfb, wait_until
+from process_helpers import browser_user_env
 
-TOKEN = "bench-token"
+TOKEN = "bench-token-0123456789"
 WIDTH, HEIGHT = 1920, 1080
 
 PAGE = """<!doctype html><meta charset=utf-8>
@@ -115,6 +116,7 @@ def daemon(display: str) -> Iterator[tuple[int, int]]:
          "--port", str(port), "--api-token", TOKEN, "--host", "127.0.0.1",
          "--cdp-proxy-port", "0", "--log-level", "warning"],
         cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, **browser_user_env()},
     )
     try:
         def healthy() -> bool:

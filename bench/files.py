@@ -38,8 +38,9 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from helpers import free_port, wait_until
+from process_helpers import browser_user, browser_user_env
 
-TOKEN = "bench-token"
+TOKEN = "bench-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 MIB = 1 << 20
 
@@ -75,6 +76,7 @@ def daemon(workdir: Path) -> Iterator[tuple[str, int]]:
         [sys.executable, "-m", "agent", "--port", str(port), "--api-token", TOKEN,
          "--cdp-proxy-port", "0", "--log-level", "warning"],
         cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, **browser_user_env()},  # file operations act as that user
     )
     base = f"http://127.0.0.1:{port}"
 
@@ -273,6 +275,10 @@ def main() -> int:
     args = parser.parse_args()
     size = args.size_mib * MIB
     work = Path(tempfile.mkdtemp(prefix="bench-files-", dir=args.dir))
+    user = browser_user()
+    if user is not None:  # the daemon acts as the browser user: its directory
+        shutil.chown(work, user, user)
+        work.chmod(0o755)
     try:
         with daemon(work) as (base, pid):
             t = transfers(base, pid, work, size, args.rounds)

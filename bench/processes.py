@@ -39,7 +39,10 @@ import aiohttp
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
-TOKEN = "bench-token"
+sys.path.insert(0, str(ROOT / "tests"))
+from process_helpers import browser_user, browser_user_env  # noqa: E402
+
+TOKEN = "bench-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
@@ -75,6 +78,7 @@ class Daemon:
              "--api-token", TOKEN, "--log-level", "warning", "--cdp-proxy-port", "0",
              "--max-processes", str(max_processes), *extra],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self._log,
+            env={**os.environ, **browser_user_env()},
         )
         self.peak_rss = 0
         self._sampler: asyncio.Task[None] | None = None
@@ -303,7 +307,7 @@ async def main() -> int:
     parser.add_argument("--procs", type=int, default=100)
     parser.add_argument("--each-bytes", type=int, default=10_000_000)
     parser.add_argument("--late-bytes", type=int, default=50_000_000)
-    parser.add_argument("--user", default="nobody",
+    parser.add_argument("--user", default=browser_user() or "nobody",
                         help="the browser user for the exec-as-user measure (as root)")
     args = parser.parse_args()
     as_root = os.geteuid() == 0

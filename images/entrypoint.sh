@@ -3,34 +3,58 @@
 # systemd`. It settles the API token, prepares the directories, then execs the process
 # manager as PID 1 (so `docker stop` reaches it directly).
 #
-# Security default: with neither AGENT_API_TOKEN nor AGENT_API_TOKENS given, and
-# AGENT_ALLOW_UNAUTHENTICATED not set to a true value, a random admin token is made at
-# the first start, printed once in the log, and kept (mode 0600) for later restarts.
+# Security default: with no token given (AGENT_API_TOKEN, AGENT_API_TOKENS or their
+# _FILE twins), and AGENT_ALLOW_UNAUTHENTICATED not set to a true value, a random admin
+# token is made at the first start, printed once in the log, and kept (mode 0600) for
+# later restarts.
+#
+# Tokens never stay in an environment: one given as AGENT_API_TOKEN(S) is moved into a
+# root-only file and only AGENT_API_TOKEN(S)_FILE is passed on, so neither supervisord,
+# nor the launchers, nor Chromium (which the browser user's processes can inspect) ever
+# hold it.
 set -eu
 
 mode=${1:-supervisord}
 STACK_HOME=${STACK_HOME:-/opt/browser-agent}
 token_file=/var/lib/browser-agent/api-token
+secrets_dir=/run/browser-agent/secrets
 
 case $(printf '%s' "${AGENT_ALLOW_UNAUTHENTICATED:-}" | tr '[:upper:]' '[:lower:]') in
     1 | true | yes | on) unauthenticated=1 ;;
     *) unauthenticated=0 ;;
 esac
 
-if [ -z "${AGENT_API_TOKEN:-}" ] && [ -z "${AGENT_API_TOKENS:-}" ]; then
+# A secret from the environment into a root-only file; prints the file's path.
+secret_to_file() {
+    (umask 077 && mkdir -p "$secrets_dir" && printf '%s\n' "$2" >"$secrets_dir/$1")
+    printf '%s' "$secrets_dir/$1"
+}
+if [ -n "${AGENT_API_TOKEN:-}" ]; then
+    AGENT_API_TOKEN_FILE=$(secret_to_file api-token "$AGENT_API_TOKEN")
+    export AGENT_API_TOKEN_FILE
+fi
+if [ -n "${AGENT_API_TOKENS:-}" ]; then
+    AGENT_API_TOKENS_FILE=$(secret_to_file api-tokens "$AGENT_API_TOKENS")
+    export AGENT_API_TOKENS_FILE
+fi
+unset AGENT_API_TOKEN AGENT_API_TOKENS
+
+if [ -z "${AGENT_API_TOKEN_FILE:-}" ] && [ -z "${AGENT_API_TOKENS_FILE:-}" ]; then
     if [ "$unauthenticated" = 1 ]; then
         echo "browser-agent: AGENT_ALLOW_UNAUTHENTICATED is set: the API takes no token (trusted networks only)"
     elif [ -s "$token_file" ]; then
-        AGENT_API_TOKEN=$(cat "$token_file")
-        export AGENT_API_TOKEN
         echo "browser-agent: using the API token made at the first start (printed then; also in $token_file)"
     else
-        AGENT_API_TOKEN=$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')
-        export AGENT_API_TOKEN
+        token=$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')
         mkdir -p "$(dirname "$token_file")"
-        (umask 077 && printf '%s\n' "$AGENT_API_TOKEN" >"$token_file")
+        (umask 077 && printf '%s\n' "$token" >"$token_file")
         echo "browser-agent: no AGENT_API_TOKEN given; generated one (shown only this once):"
-        echo "browser-agent: AGENT_API_TOKEN=$AGENT_API_TOKEN"
+        echo "browser-agent: AGENT_API_TOKEN=$token"
+        unset token
+    fi
+    if [ "$unauthenticated" != 1 ]; then
+        AGENT_API_TOKEN_FILE=$token_file
+        export AGENT_API_TOKEN_FILE
     fi
 fi
 

@@ -16,7 +16,7 @@ log() { echo "chromium-launch: $*"; }
 
 # The browser never sees the daemon's secrets, and gets the usual identity variables
 # (supervisord changes the user, not the environment).
-unset AGENT_API_TOKEN AGENT_API_TOKENS
+unset AGENT_API_TOKEN AGENT_API_TOKENS AGENT_API_TOKEN_FILE AGENT_API_TOKENS_FILE
 me=$(id -un)
 home=$(getent passwd "$me" | cut -d: -f6)
 export HOME="${home:-$HOME}" USER="$me" LOGNAME="$me" DISPLAY="$AGENT_DISPLAY"
@@ -98,13 +98,15 @@ set -- \
     --noerrdialogs \
     --password-store=basic
 
-# The sandbox needs user namespaces (Debian's Chromium has no setuid helper). As root,
-# or where the container forbids namespaces, it cannot start with it.
+# The sandbox needs user namespaces (Debian's Chromium has no setuid helper) in which it
+# may chroot (CAP_SYS_CHROOT in the container's bounding set). As root, or where the
+# container forbids either, it cannot start with it.
 case $CHROMIUM_SANDBOX in
     on | 1 | true | yes) sandbox=on ;;
     off | 0 | false | no) sandbox=off ;;
     *)
-        if [ "$(id -u)" != 0 ] && unshare --user --pid --net --fork true >/dev/null 2>&1; then
+        if [ "$(id -u)" != 0 ] && unshare --user --map-root-user --pid --net --fork \
+                chroot / true >/dev/null 2>&1; then
             sandbox=on
         else
             sandbox=off

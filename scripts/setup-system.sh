@@ -11,8 +11,9 @@ packages=(
   python3 python3-venv python3-dev
   # tests and benchmarks: baselines and helpers
   xdotool xclip ffmpeg procps shellcheck
-  # the image test: podman builds and runs the container, debootstrap makes its base
-  podman runc debootstrap systemd
+  # the image test: podman builds and runs the container, debootstrap makes its base;
+  # the deployment test: catatonit for kube play's pause container
+  podman runc debootstrap systemd catatonit
 )
 
 # Node for the Puppeteer test (tests/node): Debian's nodejs 18 + npm 9; a NodeSource

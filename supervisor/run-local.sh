@@ -50,6 +50,18 @@ fi
 . "$repo/scripts/stack-env.sh"
 stack_prepare_dirs
 
+# Tokens go into files only the daemon's user can read; no process environment (of
+# supervisord, the launchers or Chromium) holds them.
+secrets_dir="$STACK_RUN_DIR/secrets"
+for name in AGENT_API_TOKEN AGENT_API_TOKENS; do
+    value=$(printenv "$name" || true)
+    [ -n "$value" ] || continue
+    file="$secrets_dir/$(echo "$name" | tr '[:upper:]_' '[:lower:]-')"
+    (umask 077 && mkdir -p "$secrets_dir" && printf '%s\n' "$value" >"$file")
+    export "${name}_FILE=$file"
+done
+unset AGENT_API_TOKEN AGENT_API_TOKENS value
+
 if [ -S "$AGENT_SUPERVISOR_SOCKET" ] && supervisorctl -c "$repo/supervisor/supervisord.conf" pid >/dev/null 2>&1; then
     echo "run-local: a supervisord already answers on $AGENT_SUPERVISOR_SOCKET" >&2
     exit 1

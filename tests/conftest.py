@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,14 +16,19 @@ from aiohttp.test_utils import TestClient, TestServer
 sys.path.insert(0, str(Path(__file__).parent))
 
 from helpers import Chromium, Xvfb, running_chromium, running_xvfb
+from process_helpers import browser_user, ensure_user
 
-from agent.app import create_app
+from agent.app import create_app, limit_connections, server_options
 from agent.config import make_settings
 
-TOKENS = {"test-admin": "admin", "test-write": "write", "test-read": "read"}
-ADMIN = {"Authorization": "Bearer test-admin"}
-WRITE = {"Authorization": "Bearer test-write"}
-READ = {"Authorization": "Bearer test-read"}
+# Tokens are at least 16 characters (shorter ones are refused at start).
+ADMIN_TOKEN = "test-admin-token-0123456789"
+WRITE_TOKEN = "test-write-token-0123456789"
+READ_TOKEN = "test-read-token-0123456789"
+TOKENS = {ADMIN_TOKEN: "admin", WRITE_TOKEN: "write", READ_TOKEN: "read"}
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+WRITE = {"Authorization": f"Bearer {WRITE_TOKEN}"}
+READ = {"Authorization": f"Bearer {READ_TOKEN}"}
 
 SCREEN_W, SCREEN_H = 1280, 800
 
@@ -37,14 +45,32 @@ def chromium(xvfb: Xvfb) -> Iterator[Chromium]:
         yield browser
 
 
+@pytest.fixture
+def tmp_path() -> Iterator[Path]:
+    """A fresh directory per test that the browser user owns, as its home would be: file
+    operations act as that user, and pytest's own temporary directories are root's
+    alone (mode 0700)."""
+    base = Path(tempfile.mkdtemp(prefix="agent-test-"))
+    user = browser_user()
+    if user is not None:
+        entry = ensure_user(user)
+        os.chown(base, entry.pw_uid, entry.pw_gid)
+    base.chmod(0o755)
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
 MakeClient = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 
 @pytest.fixture
 async def make_client() -> AsyncIterator[MakeClient]:
     """`client = await make_client(display=..., cdp_address=...)`: the real app, real
-    settings (tokens: test-admin/test-write/test-read unless `tokens=` says otherwise);
-    requests send the admin token by default."""
+    settings (tokens: TOKENS unless `tokens=` says otherwise; as root, the browser user
+    is process_helpers.TEST_USER unless `default_user=` says otherwise); requests go to
+    127.0.0.1 and send the admin token by default."""
     clients: list[TestClient[Any, Any]] = []
 
     async def make(**overrides: Any) -> TestClient[Any, Any]:
@@ -54,11 +80,18 @@ async def make_client() -> AsyncIterator[MakeClient]:
         # pytest's own children (Xvfb, Chromium, supervisord) are not the daemon's: an app
         # hosted in this process must not take them for adopted orphans.
         overrides.setdefault("adopt_orphans", False)
+        overrides.setdefault("default_user", browser_user())
         settings = make_settings(**overrides)
+        server = TestServer(create_app(settings))
+        # The server options of __main__ (TestServer passes them on from start_server,
+        # and adds handler_cancellation itself), and its connection limit.
+        options = {k: v for k, v in server_options(settings).items()
+                   if k != "handler_cancellation"}
+        await server.start_server(**options)
+        assert server.runner is not None and server.runner.server is not None
+        limit_connections(server.runner.server, settings.max_connections)
         client: TestClient[Any, Any] = TestClient(
-            TestServer(create_app(settings), handler_cancellation=True),  # as __main__
-            headers=ADMIN if settings.tokens else None,
-        )
+            server, headers=ADMIN if settings.tokens else None)
         await client.start_server()
         clients.append(client)
         return client

@@ -34,6 +34,21 @@ def ensure_user(name: str = TEST_USER) -> pwd.struct_passwd:
         return pwd.getpwnam(name)
 
 
+def browser_user() -> str | None:
+    """The browser user a daemon under test acts as: a real unprivileged account when the
+    tests run as root (the daemon refuses root without one), else none (itself)."""
+    if os.geteuid() != 0:
+        return None
+    ensure_user(TEST_USER)
+    return TEST_USER
+
+
+def browser_user_env() -> dict[str, str]:
+    """`AGENT_DEFAULT_USER` for a daemon started as a subprocess."""
+    user = browser_user()
+    return {"AGENT_DEFAULT_USER": user} if user else {}
+
+
 async def exec_ok(client: Client, **body: Any) -> dict[str, Any]:
     resp = await client.post("/process/exec", json=body)
     payload = await resp.json()

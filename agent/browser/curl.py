@@ -37,7 +37,14 @@ from urllib.parse import urlsplit
 
 from agent.browser.cdp import CdpManager, DevtoolsError, EventQueue
 from agent.browser.net_errors import net_error_code
-from agent.errors import AgentError, BadGateway, BadRequest, BrowserUnavailable, GatewayTimeout
+from agent.errors import (
+    AgentError,
+    BadGateway,
+    BadRequest,
+    BrowserUnavailable,
+    GatewayTimeout,
+    PayloadTooLarge,
+)
 from agent.errors import field_error as _field_error
 
 log = logging.getLogger(__name__)
@@ -302,8 +309,9 @@ class CurlTargets:
     each for IDLE_TARGET_S. A target whose request failed or timed out is closed.
     """
 
-    def __init__(self, cdp: CdpManager) -> None:
+    def __init__(self, cdp: CdpManager, max_body_bytes: int = 64 << 20) -> None:
         self.cdp = cdp
+        self.max_body_bytes = max_body_bytes  # AGENT_CURL_MAX_BYTES
         self._idle: list[_Target] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -459,6 +467,11 @@ async def curl(targets: CurlTargets, request: CurlRequest) -> CurlResult:
         raise GatewayTimeout(
             f"no response from {request.url} within {request.timeout_ms} ms") from None
     duration_ms = round((time.monotonic() - started) * 1000)
+    if len(body) > targets.max_body_bytes:
+        raise PayloadTooLarge(
+            f"the response body of {request.url} is {len(body)} bytes, more than the "
+            f"{targets.max_body_bytes}-byte limit (AGENT_CURL_MAX_BYTES)",
+            code="response_too_large")
     if request.response_encoding == "base64":
         text = base64.b64encode(body).decode("ascii")
     else:

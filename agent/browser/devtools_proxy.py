@@ -11,9 +11,10 @@ connect-over-CDP, chrome-remote-interface):
   path on Chromium;
 - other `/json/*` calls (`new`, `activate`, `close`, `protocol`) are passed through.
 
-It needs the API's token with the write scope, as `Authorization: Bearer` or as a `token`
-query parameter (for clients that can only be given a URL); a token given in the query is
-carried into the WebSocket URLs answered, so such clients can follow them.
+It checks `Host` and `Origin` as the API does (a web page the browser opens must never
+reach it), and needs the API's token with the write scope, as `Authorization: Bearer` or
+as a `token` query parameter (for clients that can only be given a URL); a token given in
+the query is carried into the WebSocket URLs answered, so such clients can follow them.
 
 This is a second HTTP server on its own port, which is why this module, like routes.py,
 speaks aiohttp; it has no routes in the OpenAPI document.
@@ -31,10 +32,16 @@ from urllib.parse import quote
 import aiohttp
 from aiohttp import WSMsgType, web
 
-from agent.auth import bearer_token, has_scope, token_scope
+from agent.auth import bearer_token, check_origin_for, has_scope, token_scope
 from agent.browser.cdp import CdpManager, DiscoveryError, fetch_json
 from agent.config import Settings
-from agent.errors import AgentError, BrowserUnavailable, Forbidden, Unauthorized
+from agent.errors import (
+    AgentError,
+    BrowserUnavailable,
+    Forbidden,
+    TooManyRequests,
+    Unauthorized,
+)
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +129,9 @@ class DevtoolsProxy:
                                      status=exc.status)
 
     def _authorize(self, request: web.Request) -> None:
+        # As Chromium's own endpoint does: no foreign Host (DNS rebinding), no web page.
+        check_origin_for(request, self.host, self.settings.allowed_hosts,
+                         self.settings.allowed_origins)
         tokens = self.settings.tokens
         if not tokens:
             return
@@ -217,14 +227,18 @@ class DevtoolsProxy:
 
     async def _bridge(self, request: web.Request, upstream_url: str) -> web.StreamResponse:
         assert self._session is not None
+        if len(self._sockets) >= self.settings.max_streams:
+            raise TooManyRequests(f"at most {self.settings.max_streams} DevTools connections "
+                                  "may be open (AGENT_MAX_STREAMS)", code="too_many_streams")
+        limit = self.settings.cdp_max_message_bytes  # either way (AGENT_CDP_MAX_MESSAGE)
         try:
             # No Origin header upstream: Chromium refuses WebSocket clients that send one.
-            upstream = await self._session.ws_connect(upstream_url, max_msg_size=0,
+            upstream = await self._session.ws_connect(upstream_url, max_msg_size=limit,
                                                       autoping=True, heartbeat=None)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise BrowserUnavailable(f"Chromium's DevTools refused {request.path}: {exc}"
                                      ) from None
-        client = web.WebSocketResponse(max_msg_size=0, autoping=True, heartbeat=None)
+        client = web.WebSocketResponse(max_msg_size=limit, autoping=True, heartbeat=None)
         try:
             await client.prepare(request)
         except BaseException:

@@ -11,7 +11,6 @@ restarted. Chromium's launch command loads every folder of the extensions direct
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -32,6 +31,7 @@ from agent.browser import chromium
 from agent.browser.cdp import CdpManager
 from agent.config import Settings
 from agent.errors import BadRequest, PayloadTooLarge, field_error
+from agent.identity import FsUser, run_as
 
 NAME = re.compile(r"^[a-zA-Z0-9._-]{1,255}$")
 # extensions[0][zip_file], extensions[0].zip_file, extensions.0.zip_file, and what the
@@ -94,8 +94,11 @@ class _Checked:
 class ExtensionUpload:
     """The parts of one POST /extensions, staged on disk; `async with` removes the staging."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, fs: FsUser | None = None) -> None:
         self.settings = settings
+        # Unpacking runs as the browser user, in that user's directory: nothing the user
+        # does there (a symlink swapped in) can lead the daemon's writes elsewhere.
+        self.fs = fs
         self.root = extensions_root(settings)
         self.staging: Path | None = None
         self.pending: dict[int, _Pending] = {}
@@ -107,7 +110,7 @@ class ExtensionUpload:
             return Path(tempfile.mkdtemp(prefix=".upload-", dir=self.root))
 
         try:
-            self.staging = await asyncio.to_thread(make)
+            self.staging = await run_as(self.fs, make)
         except OSError as exc:
             raise BadRequest(f"cannot use the extensions directory {self.root}: "
                              f"{exc.strerror or exc}") from None
@@ -116,7 +119,7 @@ class ExtensionUpload:
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
         if self.staging is not None:
-            await asyncio.to_thread(shutil.rmtree, self.staging, True)
+            await run_as(self.fs, shutil.rmtree, self.staging, True)
 
     def field(self, name: str) -> tuple[int, str]:
         return parse_field(name, self.positions)
@@ -131,7 +134,7 @@ class ExtensionUpload:
         path = self.staging / f"upload-{index}.zip"
         limit = self.settings.zip_max_bytes
         written = 0
-        out = await asyncio.to_thread(open, path, "wb")
+        out = await run_as(self.fs, open, path, "wb")
         try:
             async for chunk in chunks:
                 written += len(chunk)
@@ -139,9 +142,9 @@ class ExtensionUpload:
                     raise PayloadTooLarge(
                         f"extensions[{index}].zip_file is larger than {limit} bytes",
                         details=[field_error(f"extensions[{index}].zip_file", "is too large")])
-                await asyncio.to_thread(out.write, chunk)
+                await run_as(self.fs, out.write, chunk)
         finally:
-            await asyncio.to_thread(out.close)
+            await run_as(self.fs, out.close)
         entry.zip_path = path
 
     def set_name(self, index: int, raw: bytes) -> None:
@@ -194,10 +197,10 @@ class ExtensionUpload:
     async def install(self, cdp: CdpManager) -> list[Path]:
         """Check all, unpack all, swap them in, restart Chromium; the installed folders."""
         parts = self._complete()
-        checked = [await asyncio.to_thread(self._check_zip, *part) for part in parts]
+        checked = [await run_as(self.fs, self._check_zip, *part) for part in parts]
         await chromium.check_restartable(self.settings.supervisor_socket,
                                          self.settings.chromium_program)
-        installed = await asyncio.to_thread(self._unpack_and_swap, checked)
+        installed = await run_as(self.fs, self._unpack_and_swap, checked)
         await chromium.restart(cdp, self.settings.supervisor_socket,
                                self.settings.chromium_program)
         return installed
@@ -260,8 +263,10 @@ class ExtensionUpload:
         return installed
 
     def _owner(self) -> tuple[int, int] | None:
-        """Files go to the browser user when the daemon runs as root."""
-        if os.geteuid() != 0 or not self.settings.default_user:
+        """Files go to the browser user when the daemon runs as root (and does not act as
+        that user already)."""
+        if os.geteuid() != 0 or not self.settings.default_user or (
+                self.fs is not None and self.fs.identity is not None):
             return None
         try:
             entry = pwd.getpwnam(self.settings.default_user)

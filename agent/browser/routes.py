@@ -11,7 +11,7 @@ from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from agent.aio import run_to_end
-from agent.appkeys import HEALTH_PROBES, SETTINGS
+from agent.appkeys import FS_USER, HEALTH_PROBES, SETTINGS
 from agent.browser.cdp import CdpManager
 from agent.browser.curl import CurlRequest, CurlTargets, curl
 from agent.browser.devtools_proxy import DevtoolsProxy
@@ -39,7 +39,7 @@ async def post_curl(request: web.Request) -> web.Response:
 async def post_extensions(request: web.Request) -> web.Response:
     if not request.content_type.startswith("multipart/"):
         raise UnsupportedMediaType("POST /extensions takes multipart/form-data")
-    async with ExtensionUpload(request.app[SETTINGS]) as upload:
+    async with ExtensionUpload(request.app[SETTINGS], request.app[FS_USER]) as upload:
         try:
             await _receive(request, upload)
         except (ValueError, AssertionError, HttpProcessingError) as exc:
@@ -91,7 +91,7 @@ def setup(app: web.Application) -> None:
     cdp = CdpManager(settings.cdp_address)
     proxy = DevtoolsProxy(cdp, settings)
     app[CDP] = cdp
-    app[CURL_TARGETS] = CurlTargets(cdp)
+    app[CURL_TARGETS] = CurlTargets(cdp, app[SETTINGS].curl_max_bytes)
     app[DEVTOOLS_PROXY] = proxy
     app[INSTALLING] = asyncio.Lock()
 

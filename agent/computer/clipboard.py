@@ -32,7 +32,7 @@ from agent.computer.display import (
     drain_events,
     open_display,
 )
-from agent.errors import AgentError, DisplayUnavailable, GatewayTimeout
+from agent.errors import AgentError, DisplayUnavailable, GatewayTimeout, PayloadTooLarge
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ class _Outgoing:
 class ClipboardSession:
     def __init__(self, dpy: xdisplay.Display) -> None:
         self.dpy = dpy
+        self._max_bytes = 16 << 20
         atom = dpy.intern_atom
         self.CLIPBOARD = atom("CLIPBOARD")
         self.TARGETS = atom("TARGETS")
@@ -185,11 +186,15 @@ class ClipboardSession:
         self.text = text
         self.owned_at = stamp
 
-    def read(self) -> str:
+    def read(self, max_bytes: int = 16 << 20) -> str:
+        """The clipboard's text; 413 past `max_bytes` (AGENT_CLIPBOARD_MAX)."""
+        self._max_bytes = max_bytes
         owner = self.dpy.get_selection_owner(self.CLIPBOARD)
         if owner == X.NONE or isinstance(owner, int):
             return ""
         if int(owner.id) == int(self.window.id) and self.text is not None:
+            if len(self.text.encode("utf-8", "surrogatepass")) > max_bytes:
+                self._too_large()
             return self.text
         for target in (self.UTF8, Xatom.STRING):
             text = self._convert(target)
@@ -206,18 +211,22 @@ class ClipboardSession:
             and e.selection == self.CLIPBOARD, CONVERT_TIMEOUT_S, "the selection owner")
         if event.property == X.NONE:
             return None
-        reply = self.window.get_property(self.PROP, X.AnyPropertyType, 0, 0x1FFFFFFF, True)
+        reply = self.window.get_property(self.PROP, X.AnyPropertyType, 0,
+                                         self._max_bytes // 4 + 1, True)
         if reply is None:
             return None
         if reply.property_type == self.INCR:
             data = self._read_incr()
         else:
             data = _as_bytes(reply.value)
+            if reply.bytes_after or len(data) > self._max_bytes:
+                self._too_large()
         encoding = "latin-1" if reply.property_type == Xatom.STRING else "utf-8"
         return data.decode(encoding, "replace")
 
     def _read_incr(self) -> bytes:
         parts: list[bytes] = []
+        received = 0
         while True:
             self._wait_for(
                 lambda e: e.type == X.PropertyNotify and e.window == self.window
@@ -228,6 +237,13 @@ class ClipboardSession:
             if not chunk:
                 return b"".join(parts)
             parts.append(chunk)
+            received += len(chunk)
+            if received > self._max_bytes:
+                self._too_large()
+
+    def _too_large(self) -> None:
+        raise PayloadTooLarge(f"the clipboard holds more than {self._max_bytes} bytes "
+                              "(AGENT_CLIPBOARD_MAX)", code="clipboard_too_large")
 
 
 def _as_bytes(value: Any) -> bytes:
@@ -241,8 +257,9 @@ def _as_bytes(value: Any) -> bytes:
 class Clipboard:
     """The clipboard's thread: serves selection requests and runs API calls in order."""
 
-    def __init__(self, display_name: str) -> None:
+    def __init__(self, display_name: str, max_bytes: int = 16 << 20) -> None:
         self.display_name = display_name
+        self.max_bytes = max_bytes
         self._jobs: queue.SimpleQueue[tuple[Callable[[ClipboardSession], Any], Future[Any]]]
         self._jobs = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
@@ -268,7 +285,7 @@ class Clipboard:
         await self.run(lambda s: s.write(text))
 
     async def read(self) -> str:
-        return await self.run(lambda s: s.read())
+        return await self.run(lambda s: s.read(self.max_bytes))
 
     async def close(self) -> None:
         self._closing.set()

@@ -138,7 +138,7 @@ def _in_batch(exc: AgentError, index: int, kind: str) -> AgentError:
 
 
 class Computer:
-    def __init__(self, display_name: str) -> None:
+    def __init__(self, display_name: str, clipboard_max_bytes: int = 16 << 20) -> None:
         self.display_name = display_name
         self._cursor_hidden = False
         self._closing = threading.Event()
@@ -147,7 +147,7 @@ class Computer:
             display_name, "input", input_factory(self._closing, lambda: self._cursor_hidden))
         self.reads: XConnection[CaptureSession] = XConnection(
             display_name, "read", lambda dpy: CaptureSession(dpy, self._encoders))
-        self.clipboard = Clipboard(display_name)
+        self.clipboard = Clipboard(display_name, clipboard_max_bytes)
         self._trim_timer: asyncio.TimerHandle | None = None
         self._trim_task: asyncio.Task[None] | None = None
 

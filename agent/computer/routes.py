@@ -109,7 +109,7 @@ def setup(app: web.Application) -> None:
     """Routes, and the controller (its connections open on first use; closed at cleanup)."""
     app.router.add_routes(routes)
     name = app[SETTINGS].display
-    computer = Computer(name)
+    computer = Computer(name, app[SETTINGS].clipboard_max_bytes)
     app[COMPUTER] = computer
     app[HEALTH_PROBES]["display"] = lambda: _display_probe(computer, name)
 

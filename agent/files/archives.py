@@ -19,6 +19,7 @@ import contextlib
 import logging
 import os
 import queue
+import re
 import shutil
 import stat
 import struct
@@ -32,6 +33,7 @@ from dataclasses import dataclass, field
 
 from agent.errors import AgentError, BadRequest, PayloadTooLarge
 from agent.files.ops import Owner, make_dirs, mapped, shown
+from agent.identity import FsUser, open_path
 
 log = logging.getLogger(__name__)
 
@@ -340,27 +342,97 @@ def _zip_entry(arcname: str, st: os.stat_result) -> zipfile.ZipInfo:
     return info
 
 
-def _write_tree(root: str, pipe: _Pipe) -> None:
+# Kernel and virtual file systems: endless or blocking "files", never archived.
+PSEUDO_FS = frozenset((
+    "proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "debugfs", "tracefs",
+    "securityfs", "configfs", "bpf", "pstore", "fusectl", "mqueue", "binfmt_misc",
+    "efivarfs", "hugetlbfs", "autofs", "rpc_pipefs", "nsfs",
+))
+
+
+def mounts() -> dict[str, str]:
+    """Mount point → file system type (from /proc/self/mountinfo)."""
+    found: dict[str, str] = {}
+    with contextlib.suppress(OSError), open("/proc/self/mountinfo", "rb") as handle:
+        for line in handle:
+            fields = line.split()
+            try:
+                sep = fields.index(b"-")
+            except ValueError:
+                continue
+            # Blanks and backslashes in paths are written as octal escapes (\040).
+            point = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m[1], 8)]), fields[4])
+            found[os.fsdecode(point)] = fields[sep + 1].decode(errors="replace")
+    return found
+
+
+def pseudo_mounts() -> set[str]:
+    """Mount points of kernel and virtual file systems."""
+    return {point for point, kind in mounts().items() if kind in PSEUDO_FS}
+
+
+def filesystem_type(path: str) -> str:
+    """The type of the file system `path` (resolved) is on: its longest mount point."""
+    real = os.path.realpath(path)
+    best, kind = "", ""
+    for point, point_kind in mounts().items():
+        inside = real == point or real.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, point_kind
+    return kind
+
+
+class _Budget:
+    """The uncompressed bytes a directory zip may still take (its size cap)."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.left = limit if limit is not None else -1
+
+    def take(self, size: int) -> bool:
+        if self.limit is None:
+            return True
+        if size > self.left:
+            self.left = 0
+            return False
+        self.left -= size
+        return True
+
+
+def _write_tree(root: str, pipe: _Pipe, max_bytes: int | None = None) -> None:
     skipped: list[str] = []
+    mounts = pseudo_mounts()
+    budget = _Budget(max_bytes)
+    root = os.path.realpath(root)
+    capped = 0
     with zipfile.ZipFile(pipe, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1,
                          strict_timestamps=False) as archive:
         for directory, dirnames, filenames in os.walk(
             root, onerror=lambda exc: skipped.append(f"{exc.filename}: {exc.strerror}")
         ):
-            dirnames.sort()
             rel_dir = os.path.relpath(directory, root)
+            for name in list(dirnames):
+                if os.path.join(directory, name) in mounts:
+                    dirnames.remove(name)  # listed as an empty directory, not entered
+            dirnames.sort()
             for name in sorted(dirnames) + sorted(filenames):
                 path = os.path.join(directory, name)
                 arcname = name if rel_dir == "." else f"{rel_dir}/{name}"
                 try:
-                    _add_entry(archive, path, arcname)
+                    if not _add_entry(archive, path, arcname, budget):
+                        capped += 1
                 except _Stopped:
                     raise
                 except OSError as exc:
                     skipped.append(f"{arcname}: {exc.strerror or exc}")
+        notes = []
+        if capped:
+            notes.append(f"incomplete: {capped} files left out, the archive reached its "
+                         f"size cap of {max_bytes} bytes (AGENT_ZIP_DOWNLOAD_MAX_BYTES)")
         if skipped:
-            note = "skipped: " + "; ".join(skipped)
-            archive.comment = note.encode("utf-8", "replace")[:65535]
+            notes.append("skipped: " + "; ".join(skipped))
+        if notes:
+            archive.comment = " | ".join(notes).encode("utf-8", "replace")[:65535]
     pipe.send()
 
 
@@ -374,7 +446,9 @@ def _compressible(name: str, head: bytes) -> bool:
     return len(zlib.compress(head, 1)) < 0.9 * len(head)
 
 
-def _add_entry(archive: zipfile.ZipFile, path: str, arcname: str) -> None:
+def _add_entry(archive: zipfile.ZipFile, path: str, arcname: str,
+               budget: _Budget | None = None) -> bool:
+    """Add one entry; False when a file was left out for the size cap."""
     st = os.lstat(path)
     if stat.S_ISDIR(st.st_mode):
         archive.mkdir(_zip_entry(arcname + "/", st))
@@ -383,23 +457,43 @@ def _add_entry(archive: zipfile.ZipFile, path: str, arcname: str) -> None:
         archive.writestr(info, os.fsencode(os.readlink(path)),
                          compress_type=zipfile.ZIP_STORED)
     elif stat.S_ISREG(st.st_mode):
-        info = _zip_entry(arcname, st)
-        with open(path, "rb") as source:
-            head = source.read(SAMPLE)
+        # Not following a link, not blocking on a FIFO swapped in since the lstat.
+        fd = open_path(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        source = os.fdopen(fd, "rb")
+        with source:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise OSError(0, "changed while being archived")
+            if budget is not None and not budget.take(st.st_size):
+                return False
+            info = _zip_entry(arcname, st)
+            head = source.read(min(SAMPLE, st.st_size))
             info.compress_type = (zipfile.ZIP_DEFLATED if _compressible(arcname, head)
                                   else zipfile.ZIP_STORED)
             with archive.open(info, "w", force_zip64=st.st_size > (1 << 30)) as sink:
                 sink.write(head)
-                shutil.copyfileobj(source, sink, COPY_CHUNK)
+                # The size it had when it was opened: a file that keeps growing (or a
+                # file system that makes it up) cannot make the archive endless.
+                left = st.st_size - len(head)
+                while left > 0:
+                    chunk = source.read(min(COPY_CHUNK, left))
+                    if not chunk:
+                        break
+                    sink.write(chunk)
+                    left -= len(chunk)
     else:
         raise OSError(0, f"not a regular file, directory or link ({stat.filemode(st.st_mode)})")
+    return True
 
 
 class DirZip:
     """`async for chunk in DirZip(path)`: a zip of the directory, built as it is read."""
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, fs: FsUser | None = None,
+                 max_bytes: int | None = None) -> None:
         self.root = root
+        self.fs = fs
+        self.max_bytes = max_bytes
         self._chunks: queue.Queue[bytes | BaseException | None] = queue.Queue(PIPE_DEPTH)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -411,12 +505,17 @@ class DirZip:
             st = os.stat(root)
             if not stat.S_ISDIR(st.st_mode):
                 raise BadRequest(f"not a directory: {shown(root)}")
+            if filesystem_type(root) in PSEUDO_FS:
+                raise BadRequest(f"{shown(root)} is a kernel file system (proc, sysfs, "
+                                 "devtmpfs, ...), which cannot be archived")
             os.scandir(root).close()
 
     def _run(self) -> None:
         pipe = _Pipe(self._chunks, self._stop)
         try:
-            _write_tree(self.root, pipe)
+            if self.fs is not None:
+                self.fs.enter_thread()  # this thread reads as the browser user
+            _write_tree(self.root, pipe, self.max_bytes)
             pipe.put(None)
         except _Stopped:
             return

@@ -3,9 +3,12 @@ error model, `FileInfo` records, and atomic writes.
 
 Every write lands in a temporary file first and is renamed into place, so a reader never
 sees half a file, an aborted upload leaves the old file untouched, and two concurrent
-writers of one path never interleave (the last rename wins whole). When the daemon runs
-as root with a default user configured, what it creates belongs to that user, so
-Chromium can use uploads and the user can read downloads.
+writers of one path never interleave (the last rename wins whole).
+
+The routes run these functions in the threads of `agent.identity.FsUser`, which act as
+the browser user: what is created belongs to that user (so Chromium can use uploads), and
+whatever that user may not touch, the kernel refuses (a 403 naming the path). `Owner`
+(files created as root handed to a user) serves callers acting as root.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import tempfile
 from collections.abc import AsyncIterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from agent.errors import (
     AgentError,
@@ -36,8 +39,11 @@ from agent.errors import (
     PayloadTooLarge,
     field_error,
 )
+from agent.identity import RESOLVE_NO_SYMLINKS, FsUser, acting_as_root, open_path, run_as
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 WRITE_BATCH = 1 << 20  # bytes gathered before one writev() in a worker thread
 IOV_MAX = 1024
@@ -228,13 +234,25 @@ def describe(path: str, st: os.stat_result, name: str | None = None) -> dict[str
     return info
 
 
+def refuse_own_proc(path: str) -> None:
+    """The daemon's own /proc entries are not served: its threads may list the file
+    descriptors of their own process whoever they act as (the kernel allows a process
+    its own), which would name the files other requests have open."""
+    own = f"/proc/{os.getpid()}"
+    for real in (os.path.realpath(path), os.path.realpath(os.path.dirname(path) or "/")):
+        if real == own or real.startswith(own + "/"):
+            raise Forbidden(f"permission denied: {shown(path)} is the daemon's own process")
+
+
 def file_info(path: str) -> dict[str, Any]:
     with mapped(path, "stat"):
+        refuse_own_proc(path)
         return describe(path, os.lstat(path))
 
 
 def list_files(path: str) -> list[dict[str, Any]]:
     with mapped(path, "list"):
+        refuse_own_proc(path)
         st = os.stat(path)
         if not stat.S_ISDIR(st.st_mode):
             raise BadRequest(f"not a directory: {shown(path)} (use file_info for files)")
@@ -396,6 +414,29 @@ def set_permissions(path: str, mode: int, uid: int, gid: int) -> None:
         os.chmod(path, mode)
 
 
+def set_owner_as_root(path: str, mode: int, uid: int, gid: int) -> None:
+    """Give a file to another owner (root's power): the path is resolved through no
+    symbolic link at all, so nobody can divert it to another file while it is changed,
+    and the change is made on the inode that resolution found."""
+    with mapped(path, "change the owner of"):
+        try:
+            fd = open_path(path, os.O_PATH | os.O_NOFOLLOW, resolve=RESOLVE_NO_SYMLINKS)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise BadRequest(f"changing the owner of {shown(path)}: the path goes "
+                                 "through a symbolic link; give the real path") from None
+            raise
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISLNK(st.st_mode):
+                raise BadRequest(f"{shown(path)} is a symbolic link; give the real path")
+            pinned = f"/proc/self/fd/{fd}"  # the inode itself, not the path again
+            os.chown(pinned, uid, gid)
+            os.chmod(pinned, mode)
+        finally:
+            os.close(fd)
+
+
 # ---------------------------------------------------------------- reading
 
 
@@ -415,7 +456,7 @@ class OpenFile:
 def open_for_read(path: str) -> OpenFile:
     with mapped(path, "read"):
         # O_NONBLOCK so that a FIFO cannot hang the open; only regular files are served.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = open_path(path, os.O_RDONLY | os.O_NONBLOCK)
         try:
             st = os.fstat(fd)
             if stat.S_ISDIR(st.st_mode):
@@ -506,15 +547,15 @@ def _discard(fd: int, path: str) -> None:
         os.unlink(path)
 
 
-async def stage(chunks: AsyncIterable[bytes], directory: str) -> tuple[str, int]:
+async def stage(chunks: AsyncIterable[bytes], directory: str,
+                fs: FsUser | None = None, dest: str | None = None) -> tuple[str, int]:
     """Stream `chunks` into a new temporary file in `directory`; returns (path, size).
 
     Disk writes run in worker threads, overlapping with receiving the next batch. On any
     failure (including the client going away) the temporary file is removed."""
-    with mapped(directory, "write to"):
-        fd, path = await asyncio.to_thread(
-            tempfile.mkstemp, prefix=STAGING_PREFIX, suffix=STAGING_SUFFIX, dir=directory
-        )
+    with mapped(dest, "write") if dest is not None else mapped(directory, "write to"):
+        fd, path = await run_as(
+            fs, tempfile.mkstemp, STAGING_SUFFIX, STAGING_PREFIX, directory)
     loop = asyncio.get_running_loop()
     pending: asyncio.Future[None] | None = None
     batch: list[bytes] = []
@@ -580,8 +621,9 @@ def check_placeable(dest: str) -> None:
 
 def place(staged: str, dest: str, mode: int | None, owner: Owner | None) -> None:
     """Rename a staged file into place. Missing parents are created (mode 755, owned by
-    `owner`). Replacing a file keeps its owner, and its mode unless `mode` is given; a new
-    file gets `mode` or 644 and belongs to `owner`."""
+    `owner`). Replacing a file keeps its mode (less setuid/setgid) unless `mode` is given,
+    and, acting as root, its owner; a new file gets `mode` or 644 and belongs to `owner`
+    (or to the user acting)."""
     target = write_target(dest)
     with mapped(target, "write"):
         try:
@@ -592,9 +634,13 @@ def place(staged: str, dest: str, mode: int | None, owner: Owner | None) -> None
                 existing = None
             if existing is not None and stat.S_ISDIR(existing.st_mode):
                 raise BadRequest(f"is a directory: {shown(dest)}")
+            # A replaced file keeps its permissions but never setuid/setgid (as the
+            # kernel clears them when someone writes to a file): only an explicit
+            # `mode`, which needs the admin scope, sets those.
             final_mode = mode if mode is not None else (
-                stat.S_IMODE(existing.st_mode) if existing is not None else 0o644)
-            if existing is not None and os.geteuid() == 0:
+                stat.S_IMODE(existing.st_mode) & ~SETID_BITS if existing is not None
+                else 0o644)
+            if existing is not None and acting_as_root():
                 os.chown(staged, existing.st_uid, existing.st_gid)
             else:
                 _chown(staged, owner)
@@ -617,7 +663,7 @@ def _place_across(staged: str, target: str) -> None:
     try:
         shutil.copy2(staged, copy)
         st = os.stat(staged)
-        if os.geteuid() == 0:
+        if acting_as_root():
             os.chown(copy, st.st_uid, st.st_gid)
         os.chmod(copy, stat.S_IMODE(st.st_mode))
         os.replace(copy, target)
@@ -628,11 +674,15 @@ def _place_across(staged: str, target: str) -> None:
 
 
 async def write_file(path: str, chunks: AsyncIterable[bytes], mode: int | None,
-                     owner: Owner | None) -> int:
+                     owner: Owner | None, fs: FsUser | None = None) -> int:
     """Stream a request body into `path` atomically; returns the bytes written."""
-    await asyncio.to_thread(check_placeable, path)
+    await run_as(fs, check_placeable, path)
     with mapped(path, "write"):
-        directory = await asyncio.to_thread(staging_dir, write_target(path))
-    staged, size = await stage(chunks, directory)
-    await asyncio.to_thread(place, staged, path, mode, owner)
+        directory = await run_as(fs, _staging_dir_of, path)
+    staged, size = await stage(chunks, directory, fs, path)
+    await run_as(fs, place, staged, path, mode, owner)
     return size
+
+
+def _staging_dir_of(path: str) -> str:
+    return staging_dir(write_target(path))

@@ -1,9 +1,14 @@
 """HTTP routes of the files slice: every /fs/* endpoint.
 
 Handlers parse and check the request, call the domain (`ops`, `archives`, `watches`)
-and shape the answer. Bodies stream both ways: `read_file` hands the file to the kernel
-(`sendfile`) with `Content-Length` and `Range`; `write_file` and uploads stream the
-request body to disk; `download_dir_zip` sends the zip while it is being built.
+and shape the answer. Every file operation runs in the threads of the app's `FsUser`,
+acting as the browser user (agent/identity.py): a client can touch exactly what that
+user can. Acting as root on files is the admin's `/process/exec` with `as_root`; the one
+root operation here is giving a file to another owner (admin).
+
+Bodies stream both ways: `read_file` hands the file to the kernel (`sendfile`) with
+`Content-Length` and `Range`; `write_file` and uploads stream the request body to disk;
+`download_dir_zip` sends the zip while it is being built.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import json
+import logging
 import os
 import re
 import tempfile
@@ -21,13 +28,14 @@ from dataclasses import dataclass
 from aiohttp import BodyPartReader, MultipartReader, web
 
 from agent.aio import run_to_end
-from agent.appkeys import SETTINGS
+from agent.appkeys import FS_USER, SETTINGS
 from agent.auth import require_scope
-from agent.errors import AgentError, BadRequest, field_error
+from agent.errors import AgentError, BadRequest, PayloadTooLarge, field_error
 from agent.files import ops
 from agent.files.archives import DirZip, extract_zip
 from agent.files.watches import WatchManager
-from agent.spec import request_json, request_query
+from agent.identity import FsUser
+from agent.spec import RequestTimeout, body_timeout, request_json, request_query
 from agent.sse import last_event_id, open_sse
 from agent.streams import Gap
 
@@ -38,10 +46,11 @@ MAX_TEXT_FIELD = 64 * 1024
 MAX_UPLOAD_INDEX = 100_000
 
 routes = web.RouteTableDef()
+log = logging.getLogger(__name__)
 
 
-def _owner(request: web.Request) -> ops.Owner | None:
-    return ops.default_owner(request.app[SETTINGS].default_user)
+def _fs(request: web.Request) -> FsUser:
+    return request.app[FS_USER]
 
 
 def _mode(request: web.Request, text: str | None) -> int | None:
@@ -59,9 +68,16 @@ def _abort(request: web.Request, response: web.StreamResponse) -> web.StreamResp
 
 
 async def _body(request: web.Request) -> AsyncIterator[bytes]:
+    stall = request.app[SETTINGS].body_timeout_s
     try:
-        async for chunk in request.content.iter_any():
+        while True:
+            async with asyncio.timeout(stall):
+                chunk = await request.content.readany()
+            if not chunk:
+                return
             yield chunk
+    except TimeoutError:
+        raise body_timeout(request) from None
     except AgentError:
         raise
     except Exception as exc:
@@ -74,7 +90,7 @@ async def _body(request: web.Request) -> AsyncIterator[bytes]:
 @routes.get("/fs/read_file")
 async def read_file(request: web.Request) -> web.StreamResponse:
     path = ops.check_path(request_query(request)["path"])
-    handle = await asyncio.to_thread(ops.open_for_read, path)
+    handle = await _fs(request).run(ops.open_for_read, path)
     try:
         last_modified = email.utils.formatdate(handle.mtime, usegmt=True)
         selected = ops.byte_range(request.headers.get("Range"), handle.size,
@@ -111,21 +127,32 @@ async def read_file(request: web.Request) -> web.StreamResponse:
 
 async def _read_unsized(request: web.Request, response: web.StreamResponse,
                         handle: ops.OpenFile) -> web.StreamResponse:
-    """Files that report size 0 (e.g. in /proc) may still have content: read to EOF."""
-    first = await asyncio.to_thread(handle.file.read, CHUNK)
+    """Files that report size 0 (e.g. in /proc) may still have content: read to EOF, or
+    to AGENT_UNSIZED_READ_MAX bytes: a 413 when the first read shows more, else the
+    response is cut there (the client sees an incomplete body)."""
+    cap = request.app[SETTINGS].unsized_read_max_bytes
+    first = await asyncio.to_thread(handle.file.read, min(CHUNK, cap + 1))
     if not first:
         response.content_length = 0
         await response.prepare(request)
         return response
+    if len(first) > cap:
+        raise PayloadTooLarge(f"this file reports no size and holds more than {cap} bytes "
+                              "(AGENT_UNSIZED_READ_MAX)", code="unsized_file_too_large")
     response.set_status(200)
     response.headers.pop("Content-Range", None)
     response.enable_chunked_encoding()
     await response.prepare(request)
-    chunk = first
+    chunk, total = first, len(first)
     try:
         while chunk:
             await response.write(chunk)
-            chunk = await asyncio.to_thread(handle.file.read, CHUNK)
+            chunk = await asyncio.to_thread(handle.file.read, min(CHUNK, cap + 1 - total))
+            total += len(chunk)
+            if total > cap:
+                log.warning("read_file: %s holds more than %d bytes (AGENT_UNSIZED_READ_MAX); "
+                            "response cut", ops.shown(request.query.get("path", "?")), cap)
+                return _abort(request, response)
     except ConnectionError:
         pass
     return response
@@ -134,13 +161,20 @@ async def _read_unsized(request: web.Request, response: web.StreamResponse,
 @routes.get("/fs/list_files")
 async def list_files(request: web.Request) -> web.Response:
     path = ops.check_path(request_query(request)["path"])
-    return web.json_response(await asyncio.to_thread(ops.list_files, path))
+    # Listed and serialised in a thread: a directory of 100,000 entries does not hold up
+    # the event loop (and the other requests) while its JSON is built.
+    body = await _fs(request).run(_listing_json, path)
+    return web.Response(body=body, content_type="application/json")
+
+
+def _listing_json(path: str) -> bytes:
+    return json.dumps(ops.list_files(path)).encode()
 
 
 @routes.get("/fs/file_info")
 async def file_info(request: web.Request) -> web.Response:
     path = ops.check_path(request_query(request)["path"])
-    return web.json_response(await asyncio.to_thread(ops.file_info, path))
+    return web.json_response(await _fs(request).run(ops.file_info, path))
 
 
 # ---------------------------------------------------------------- changing files
@@ -151,7 +185,7 @@ async def write_file(request: web.Request) -> web.Response:
     query = request_query(request)
     path = ops.check_path(query["path"])
     mode = _mode(request, query.get("mode"))
-    await ops.write_file(path, _body(request), mode, _owner(request))
+    await ops.write_file(path, _body(request), mode, None, _fs(request))
     return web.Response(status=201)
 
 
@@ -160,22 +194,21 @@ async def create_directory(request: web.Request) -> web.Response:
     body = await request_json(request)
     path = ops.check_path(body["path"])
     mode = _mode(request, body.get("mode"))
-    await asyncio.to_thread(ops.create_directory, path, 0o755 if mode is None else mode,
-                            _owner(request))
+    await _fs(request).run(ops.create_directory, path, 0o755 if mode is None else mode, None)
     return web.Response(status=201)
 
 
 @routes.put("/fs/delete_file")
 async def delete_file(request: web.Request) -> web.Response:
     body = await request_json(request)
-    await asyncio.to_thread(ops.delete_file, ops.check_path(body["path"]))
+    await _fs(request).run(ops.delete_file, ops.check_path(body["path"]))
     return web.Response(status=200)
 
 
 @routes.put("/fs/delete_directory")
 async def delete_directory(request: web.Request) -> web.Response:
     body = await request_json(request)
-    await asyncio.to_thread(ops.delete_directory, ops.check_path(body["path"]))
+    await _fs(request).run(ops.delete_directory, ops.check_path(body["path"]))
     return web.Response(status=200)
 
 
@@ -184,7 +217,7 @@ async def move(request: web.Request) -> web.Response:
     body = await request_json(request)
     src = ops.check_path(body["src_path"], "src_path")
     dest = ops.check_path(body["dest_path"], "dest_path")
-    await asyncio.to_thread(ops.move, src, dest)
+    await _fs(request).run(ops.move, src, dest)
     return web.Response(status=200)
 
 
@@ -197,7 +230,10 @@ async def set_file_permissions(request: web.Request) -> web.Response:
     mode = _mode(request, body["mode"])
     assert mode is not None  # required by the schema
     uid, gid = ops.resolve_ids(body.get("owner"), body.get("group"))
-    await asyncio.to_thread(ops.set_permissions, path, mode, uid, gid)
+    if uid == -1 and gid == -1:
+        await _fs(request).run(ops.set_permissions, path, mode, uid, gid)
+    else:  # root's power, on a path that no symbolic link can divert
+        await asyncio.to_thread(ops.set_owner_as_root, path, mode, uid, gid)
     return web.Response(status=200)
 
 
@@ -227,10 +263,17 @@ async def _parts(request: web.Request) -> AsyncIterator[BodyPartReader]:
         yield part
 
 
-async def _part_chunks(part: BodyPartReader, field: str) -> AsyncIterator[bytes]:
+async def _part_chunks(part: BodyPartReader, field: str, stall: float) -> AsyncIterator[bytes]:
     try:
-        while chunk := await part.read_chunk(CHUNK):
+        while True:
+            async with asyncio.timeout(stall):
+                chunk = await part.read_chunk(CHUNK)
+            if not chunk:
+                return
             yield chunk
+    except TimeoutError:
+        raise RequestTimeout(f"{field}: the upload stalled: no data for {stall:g} s "
+                             "(AGENT_BODY_TIMEOUT)", headers={"Connection": "close"}) from None
     except AgentError:
         raise
     except Exception as exc:
@@ -238,9 +281,9 @@ async def _part_chunks(part: BodyPartReader, field: str) -> AsyncIterator[bytes]
                          details=[field_error(field, "incomplete")]) from None
 
 
-async def _text_field(part: BodyPartReader, field: str) -> str:
+async def _text_field(part: BodyPartReader, field: str, stall: float) -> str:
     data = bytearray()
-    async for chunk in _part_chunks(part, field):
+    async for chunk in _part_chunks(part, field, stall):
         data += chunk
         if len(data) > MAX_TEXT_FIELD:
             raise BadRequest(f"{field} is too long", details=[field_error(field, "too long")])
@@ -251,15 +294,15 @@ async def _text_field(part: BodyPartReader, field: str) -> str:
                          details=[field_error(field, "is not UTF-8 text")]) from None
 
 
-async def _stage_near(dest: str | None, chunks: AsyncIterator[bytes]) -> str:
+async def _stage_near(fs: FsUser, dest: str | None, chunks: AsyncIterator[bytes]) -> str:
     """Stage beside the destination when it is known (one rename later), else in the
     temporary directory (moved, or copied across file systems, when placed)."""
     directory = tempfile.gettempdir()
     if dest is not None:
         target = ops.write_target(dest)
         with ops.mapped(dest, "write"):
-            directory = await asyncio.to_thread(ops.staging_dir, target)
-    staged, _size = await ops.stage(chunks, directory)
+            directory = await fs.run(ops.staging_dir, target)
+    staged, _size = await ops.stage(chunks, directory, fs, dest)
     return staged
 
 
@@ -302,6 +345,7 @@ def _place_all(uploads: dict[int, _Upload], owner: ops.Owner | None) -> None:
 @routes.post("/fs/upload")
 async def upload(request: web.Request) -> web.Response:
     uploads: dict[int, _Upload] = {}
+    stall = request.app[SETTINGS].body_timeout_s
     try:
         async for part in _parts(request):
             index, kind = _upload_field(part.name)
@@ -311,13 +355,14 @@ async def upload(request: web.Request) -> web.Response:
                 if entry.dest is not None:
                     raise BadRequest(f"{label} given twice", details=[field_error(label,
                                                                                   "given twice")])
-                entry.dest = ops.check_path(await _text_field(part, label), label)
+                entry.dest = ops.check_path(await _text_field(part, label, stall), label)
             else:
                 if entry.staged is not None:
                     raise BadRequest(f"{label} given twice", details=[field_error(label,
                                                                                   "given twice")])
                 with _about(f"files[{index}].dest_path"):
-                    entry.staged = await _stage_near(entry.dest, _part_chunks(part, label))
+                    entry.staged = await _stage_near(_fs(request), entry.dest,
+                                                     _part_chunks(part, label, stall))
         if not uploads:
             raise BadRequest("no files in the upload",
                              details=[field_error("files", "is required", "missing_field")])
@@ -336,13 +381,13 @@ async def upload(request: web.Request) -> web.Response:
                                  details=[field_error(label, "duplicate destination")])
             targets[entry.dest] = index
             with _about(f"files[{index}].dest_path"):
-                await asyncio.to_thread(ops.check_placeable, entry.dest)
+                await _fs(request).run(ops.check_placeable, entry.dest)
         # No upload is left half placed; staged files are discarded only after.
-        await run_to_end(asyncio.to_thread(_place_all, uploads, _owner(request)))
+        await run_to_end(_fs(request).run(_place_all, uploads, None))
     finally:
         for entry in uploads.values():
             if entry.staged is not None:
-                await asyncio.to_thread(ops.discard_staged, entry.staged)
+                await _fs(request).run(ops.discard_staged, entry.staged)
     return web.Response(status=201)
 
 
@@ -361,14 +406,16 @@ def _about(label: str) -> Iterator[None]:
 @routes.post("/fs/upload_zip")
 async def upload_zip(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
+    stall = settings.body_timeout_s
     dest: str | None = None
     staged: str | None = None
     try:
         async for part in _parts(request):
             if part.name == "dest_path" and dest is None:
-                dest = ops.check_path(await _text_field(part, "dest_path"), "dest_path")
+                dest = ops.check_path(await _text_field(part, "dest_path", stall), "dest_path")
             elif part.name == "zip_file" and staged is None:
-                staged = await _stage_near(dest, _part_chunks(part, "zip_file"))
+                staged = await _stage_near(_fs(request), dest,
+                                           _part_chunks(part, "zip_file", stall))
             else:
                 raise BadRequest(f"unexpected form field {part.name!r} (expected zip_file "
                                  "and dest_path, once each)",
@@ -381,18 +428,18 @@ async def upload_zip(request: web.Request) -> web.Response:
         if missing:
             raise BadRequest("; ".join(d["message"] for d in missing), details=missing)
         assert staged is not None and dest is not None
-        await run_to_end(asyncio.to_thread(extract_zip, staged, dest, _owner(request),
-                                           settings.zip_max_entries, settings.zip_max_bytes))
+        await run_to_end(_fs(request).run(extract_zip, staged, dest, None,
+                                          settings.zip_max_entries, settings.zip_max_bytes))
     finally:
         if staged is not None:
-            await asyncio.to_thread(ops.discard_staged, staged)
+            await _fs(request).run(ops.discard_staged, staged)
     return web.Response(status=201)
 
 
 @routes.get("/fs/download_dir_zip")
 async def download_dir_zip(request: web.Request) -> web.StreamResponse:
     path = ops.check_path(request_query(request)["path"])
-    await asyncio.to_thread(DirZip.check, path)
+    await _fs(request).run(DirZip.check, path)
     name = os.path.basename(path.rstrip("/")) or "root"
     fallback = re.sub(r'[^A-Za-z0-9._ -]', "_", name)
     response = web.StreamResponse(headers={
@@ -404,7 +451,7 @@ async def download_dir_zip(request: web.Request) -> web.StreamResponse:
     await response.prepare(request)
     if request.method == "HEAD":
         return response
-    archive = DirZip(path)
+    archive = DirZip(path, _fs(request), request.app[SETTINGS].zip_download_max_bytes)
     try:
         async for chunk in archive:
             await response.write(chunk)
@@ -456,7 +503,8 @@ async def stop_watch(request: web.Request) -> web.Response:
 
 async def _watches_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    manager = WatchManager(settings.watch_buffer, settings.watch_idle_s)
+    manager = WatchManager(settings.watch_buffer, settings.watch_idle_s, app[FS_USER],
+                           settings.max_watches, settings.max_watch_dirs)
     app[WATCHES] = manager
     yield
     await manager.close()

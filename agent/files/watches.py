@@ -34,8 +34,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.errors import BadRequest, NotFound, Unavailable
+from agent.errors import BadRequest, NotFound, TooManyRequests, Unavailable
 from agent.files.ops import mapped, shown
+from agent.identity import FsUser, run_as
 from agent.streams import EventLog
 
 log = logging.getLogger(__name__)
@@ -271,6 +272,10 @@ class Watch:
         """Watch `top` and every directory below it. With `report`, entries found there
         are reported as CREATEs (they appeared before their directory was watched); a
         watch is added before its directory is listed, so nothing falls in between."""
+        with self.manager.acting():  # watch and list only what the browser user may
+            self._add_tree(top, report)
+
+    def _add_tree(self, top: str, report: bool) -> None:
         stack = [top]
         while stack:
             directory = stack.pop()
@@ -279,8 +284,8 @@ class Watch:
             except OSError as exc:
                 if exc.errno == errno.ENOSPC:
                     self.log.append(self.overflow(
-                        f"the system's inotify watch limit is reached: changes under "
-                        f"{shown(directory)} are not observed"))
+                        f"the inotify watch limit is reached ({exc.strerror}): changes "
+                        f"under {shown(directory)} are not observed"))
                 continue  # otherwise gone already, or not readable
             self.dirs[wd] = directory
             try:
@@ -358,9 +363,13 @@ def _within(path: str, top: str) -> bool:
 class WatchManager:
     """Every watch of the daemon, on one inotify descriptor read by the event loop."""
 
-    def __init__(self, buffer: int, idle_s: float) -> None:
+    def __init__(self, buffer: int, idle_s: float, fs: FsUser | None = None,
+                 max_watches: int = 64, max_dirs: int = 65536) -> None:
         self.buffer = buffer
         self.idle_s = idle_s
+        self.fs = fs
+        self.max_watches = max_watches  # live watches
+        self.max_dirs = max_dirs  # inotify watches (directories) they hold together
         self._watches: dict[str, Watch] = {}
         self._users: dict[int, set[Watch]] = {}  # wd → watches using it
         self._inotify: _Inotify | None = None
@@ -377,21 +386,32 @@ class WatchManager:
 
     # -------------------------------------------------------------- API
 
+    def acting(self) -> contextlib.AbstractContextManager[None]:
+        """inotify checks the caller's read permission: calls made on the loop act as
+        the browser user for their duration."""
+        return self.fs.acting() if self.fs is not None else contextlib.nullcontext()
+
     async def start(self, path: str, recursive: bool) -> Watch:
         if self._closed:
             raise Unavailable("the daemon is shutting down")
+        if len(self._watches) >= self.max_watches:
+            raise TooManyRequests(f"at most {self.max_watches} watches may be live "
+                                  "(AGENT_MAX_WATCHES); stop one first",
+                                  code="too_many_watches")
         with mapped(path, "watch"):
-            st = await asyncio.to_thread(os.stat, path)
+            st = await run_as(self.fs, os.stat, path)
             if not stat.S_ISDIR(st.st_mode):
                 raise BadRequest(f"not a directory: {shown(path)}")
         watch = Watch(id=uuid.uuid4().hex, root=path, recursive=recursive,
                       log=EventLog(max_items=self.buffer), manager=self)
         with mapped(path, "watch"):
             try:
-                watch.root_wd = self.attach(watch, path, follow=True)
+                with self.acting():
+                    watch.root_wd = self.attach(watch, path, follow=True)
             except OSError as exc:
                 if exc.errno == errno.ENOSPC:
-                    raise Unavailable("the system's inotify watch limit is reached") from None
+                    raise Unavailable(f"the inotify watch limit is reached: {exc.strerror}",
+                                      code="too_many_watched_directories") from None
                 raise
         watch.dirs[watch.root_wd] = path
         if recursive:
@@ -406,15 +426,18 @@ class WatchManager:
     async def _watch_subdirectories(self, watch: Watch) -> None:
         """The directories below the root, listed in a thread (a big tree takes a while)
         and watched on the loop in batches, without reporting them."""
-        subdirs = await asyncio.to_thread(_subdirectories, watch.root)
+        subdirs = await run_as(self.fs, _subdirectories, watch.root)
         for index, directory in enumerate(subdirs):
             try:
-                wd = self.attach(watch, directory, follow=False)
+                with self.acting():
+                    wd = self.attach(watch, directory, follow=False)
             except OSError as exc:
                 if exc.errno == errno.ENOSPC:
                     watch.end()
-                    raise Unavailable(f"the system's inotify watch limit is reached after "
-                                      f"{index} directories below {shown(watch.root)}") from None
+                    raise Unavailable(f"the inotify watch limit is reached after {index} "
+                                      f"directories below {shown(watch.root)}: "
+                                      f"{exc.strerror}",
+                                      code="too_many_watched_directories") from None
                 continue
             watch.dirs[wd] = directory
             if index % 256 == 255:
@@ -455,6 +478,9 @@ class WatchManager:
 
     def attach(self, watch: Watch, path: str, follow: bool) -> int:
         inotify = self._ensure_inotify()
+        if len(self._users) >= self.max_dirs:
+            raise OSError(errno.ENOSPC, f"the daemon's watches hold {len(self._users)} "
+                          "directories, its limit (AGENT_MAX_WATCH_DIRS)", path)
         mask = WATCH_MASK if follow else WATCH_MASK | IN_DONT_FOLLOW
         wd = inotify.add(path, mask)
         self._users.setdefault(wd, set()).add(watch)

@@ -9,6 +9,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 
 from agent.errors import BadRequest, Forbidden, NotFound, Unavailable, field_error
+from agent.identity import FsUser
 from agent.logs.tail import FileTailer
 from agent.supervisor import SupervisorClient
 
@@ -40,9 +41,12 @@ def parse_tail(value: str | int | None) -> int | None:
 
 
 class LogManager:
-    def __init__(self, supervisor_socket: str) -> None:
+    def __init__(self, supervisor_socket: str, fs: FsUser | None = None) -> None:
         self._executor = ThreadPoolExecutor(max_workers=IO_THREADS,
                                             thread_name_prefix="agent-logs")
+        # A log file a client names is opened as the browser user; supervisord's own
+        # program logs (which the daemon locates through its root-only socket) as root.
+        self._user_executor = fs.executor if fs is not None else self._executor
         self._stop = asyncio.Event()
         self._supervisor = SupervisorClient(supervisor_socket)
         self.streams: set[FileTailer] = set()
@@ -60,7 +64,7 @@ class LogManager:
                 raise BadRequest("path is required when source is path",
                                  details=[field_error("path", "is required when source is "
                                                       "path", "missing_field")])
-            return await self.open_path(path, tail=lines, follow=follow)
+            return await self.open_path(path, tail=lines, follow=follow, as_user=True)
         if source == "supervisor":
             if path is not None:
                 raise BadRequest("path is only used with source=path",
@@ -73,11 +77,13 @@ class LogManager:
         raise BadRequest(f"unknown log source {source!r}",
                          details=[field_error("source", "must be path or supervisor")])
 
-    async def open_path(self, path: str, *, tail: int | None, follow: bool) -> FileTailer:
+    async def open_path(self, path: str, *, tail: int | None, follow: bool,
+                        as_user: bool = False) -> FileTailer:
         """A tailer on `path`, opened (404 missing, 400 directory or relative path)."""
         if self._stop.is_set():
             raise Unavailable("the daemon is shutting down", code="shutting_down")
-        tailer = FileTailer(path, tail=tail, follow=follow, executor=self._executor,
+        executor = self._user_executor if as_user else self._executor
+        tailer = FileTailer(path, tail=tail, follow=follow, executor=executor,
                             stop=self._stop)
         try:
             await tailer.open()

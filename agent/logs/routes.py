@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
-from agent.appkeys import SETTINGS
+from agent.appkeys import FS_USER, SETTINGS
 from agent.logs.manager import LogManager
 from agent.spec import request_query
 from agent.sse import open_sse
@@ -47,7 +47,7 @@ async def logs_stream(request: web.Request) -> web.StreamResponse:
 
 
 async def _logs_ctx(app: web.Application) -> AsyncIterator[None]:
-    manager = LogManager(app[SETTINGS].supervisor_socket)
+    manager = LogManager(app[SETTINGS].supervisor_socket, app[FS_USER])
     app[LOGS] = manager
     yield
     await manager.close()

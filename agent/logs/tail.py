@@ -33,6 +33,7 @@ from concurrent.futures import Executor, Future
 from typing import Any, TypeVar
 
 from agent.errors import AgentError, BadRequest, Forbidden, NotFound, field_error
+from agent.identity import open_path
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +157,7 @@ def _open_error(path: str, exc: OSError) -> AgentError:
 def open_log_file(path: str) -> tuple[int, os.stat_result]:
     """Open a regular file for tailing (blocking; run it off the loop)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = open_path(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as exc:
         raise _open_error(path, exc) from None
     try:

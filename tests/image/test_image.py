@@ -86,26 +86,6 @@ def release_display(number: int) -> None:
         os.unlink(f"/tmp/.X{number}-lock")
 
 
-@pytest.fixture(scope="session")
-def images() -> dict[str, str]:
-    """Both variants, built by the script CI and `make image` use; prints time and size."""
-    start = time.monotonic()
-    env = {**os.environ, "IMAGE": IMAGE}
-    result = subprocess.run(["sh", str(REPO / "images/build.sh")], env=env, cwd=REPO,
-                            capture_output=True, text=True, timeout=1500)
-    elapsed = time.monotonic() - start
-    if result.returncode != 0:
-        pytest.fail(f"image build failed ({result.returncode}):\n{result.stdout[-4000:]}\n"
-                    f"{result.stderr[-4000:]}")
-    sizes = {
-        name: int(run("podman", "image", "inspect", "--format", "{{.Size}}", name).stdout)
-        for name in (IMAGE, SYSTEMD_IMAGE)
-    }
-    print(f"\n[image] build of both variants: {elapsed:.0f}s; sizes: "
-          + ", ".join(f"{name} {size / 1e6:.0f} MB" for name, size in sizes.items()))
-    return {"supervisord": IMAGE, "systemd": SYSTEMD_IMAGE}
-
-
 @dataclass
 class Container:
     name: str

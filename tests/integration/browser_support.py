@@ -15,6 +15,7 @@ from typing import Any
 import mss
 from aiohttp import web
 from helpers import Chromium, Supervisord, free_port, running_supervisord, wait_until
+from process_helpers import browser_user
 
 from agent.supervisor import SupervisorClient
 
@@ -197,6 +198,11 @@ def supervised_chromium(display: str) -> Iterator[SupervisedChromium]:
     with running_supervisord(program, prefix="agent-test-supervised-") as supervisor:
         browser = SupervisedChromium(supervisor, display, port)
         browser.extensions.mkdir(parents=True, exist_ok=True)
+        user = browser_user()
+        if user is not None:  # the daemon unpacks extensions as the browser user
+            entry = pwd.getpwnam(user)
+            os.chown(browser.extensions, entry.pw_uid, entry.pw_gid)
+            browser.root.chmod(0o711)
         wait_until(browser.version, timeout=30, what="supervised Chromium's DevTools")
         yield browser
 

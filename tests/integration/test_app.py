@@ -12,8 +12,9 @@ from typing import Any
 import psutil
 import pytest
 import yaml
-from conftest import READ, WRITE, MakeClient
+from conftest import READ, TOKENS, WRITE, MakeClient
 from helpers import Chromium, Xvfb, free_port, wait_until
+from process_helpers import browser_user, browser_user_env
 
 from agent.app import create_app
 from agent.config import make_settings
@@ -26,7 +27,7 @@ def assert_error(body: dict[str, Any], code: str) -> None:
 
 
 def served_routes() -> set[tuple[str, str]]:
-    app = create_app(make_settings(tokens={"t": "admin"}))
+    app = create_app(make_settings(tokens=TOKENS, default_user=browser_user()))
     routes = set()
     for route in app.router.routes():
         if route.method == "HEAD" or route.resource is None:
@@ -53,7 +54,7 @@ def test_every_operation_declares_its_scope() -> None:
 
 
 def test_every_route_has_a_browser_alias() -> None:
-    app = create_app(make_settings(tokens={"t": "admin"}))
+    app = create_app(make_settings(tokens=TOKENS, default_user=browser_user()))
     paths = {r.resource.canonical for r in app.router.routes() if r.resource is not None}
     for _method, path in served_routes():
         assert ALIAS_PREFIX + path in paths
@@ -78,9 +79,16 @@ async def test_health_is_open_and_reports_display_and_devtools(
     resp = await client.get("/health", headers={"Authorization": ""})
     body = await resp.json()
     assert resp.status == 200, body
+    assert body == {"status": "ok"}  # without a token: nothing but ok/degraded
+    resp = await client.get("/health", headers=READ)
+    body = await resp.json()
+    assert resp.status == 200, body
     assert body["status"] == "ok"
     assert body["display"]["ok"] is True
     assert body["devtools"]["ok"] is True
+    assert body["version"]
+    resp = await client.get("/health", headers={"Authorization": "Bearer wrong-but-long-0123"})
+    assert resp.status == 401
 
 
 async def test_health_degraded_when_components_are_down(make_client: MakeClient) -> None:
@@ -213,8 +221,8 @@ async def test_browser_alias_and_id_check(make_client: MakeClient, xvfb: Xvfb) -
 def run_daemon(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "agent", *args],
-        env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True,
+        env={**os.environ, **browser_user_env(), **(env or {})}, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
     )
 
 
@@ -238,7 +246,7 @@ def listening_addresses(pid: int, port: int) -> set[str]:
     [
         ((), {}, {"127.0.0.1"}),
         (("--allow-unauthenticated", "--host", "0.0.0.0"), {}, {"0.0.0.0"}),
-        ((), {"AGENT_API_TOKEN": "tok"}, {"0.0.0.0"}),
+        ((), {"AGENT_API_TOKEN": "listen-test-token-0123456789"}, {"0.0.0.0"}),
     ],
 )
 def test_listen_address_defaults(args: tuple[str, ...], env: dict[str, str],
@@ -253,7 +261,7 @@ def test_listen_address_defaults(args: tuple[str, ...], env: dict[str, str],
         proc.terminate()
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, out
-    assert "tok" not in out  # the token is never logged
+    assert "listen-test-token" not in out  # the token is never logged
 
 
 def test_help_documents_every_option() -> None:

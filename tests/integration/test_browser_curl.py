@@ -338,7 +338,7 @@ async def test_health_reports_the_devtools_connection(
                             cdp_proxy_port=0)
 
     async def devtools() -> dict[str, Any]:
-        body = await (await api.get("/health", headers={"Authorization": ""})).json()
+        body = await (await api.get("/health")).json()
         return dict(body["devtools"])
 
     await async_wait_until(lambda: _connected(devtools()), timeout=10,
@@ -357,7 +357,7 @@ async def test_without_chromium_health_is_degraded_and_curl_a_503(
         make_client: MakeClient, xvfb: Xvfb) -> None:
     dead = f"127.0.0.1:{free_port()}"
     api = await make_client(display=xvfb.name, cdp_address=dead, cdp_proxy_port=0)
-    resp = await api.get("/health", headers={"Authorization": ""})
+    resp = await api.get("/health")
     assert resp.status == 503
     devtools = (await resp.json())["devtools"]
     assert devtools["ok"] is False and devtools["address"] == dead

@@ -17,7 +17,7 @@ import psutil
 import pytest
 from aiohttp.test_utils import TestClient
 from browser_support import SupervisedChromium, supervised_chromium
-from conftest import MakeClient
+from conftest import READ, MakeClient
 from helpers import async_wait_until, cdp_call, free_port, running_xvfb
 from websockets.exceptions import InvalidStatus
 
@@ -25,7 +25,7 @@ from agent.appkeys import SETTINGS
 from agent.browser.routes import CDP
 
 Api = TestClient[Any, Any]
-ADMIN_BEARER = {"Authorization": "Bearer test-admin"}
+ADMIN_BEARER = {"Authorization": "Bearer test-admin-token-0123456789"}
 # The Node side of the tests (`make node-deps` installs its packages).
 NODE_DIR = Path(__file__).resolve().parents[1] / "node"
 
@@ -105,7 +105,7 @@ async def test_browser_get_version_works_through_the_endpoint_and_after_a_restar
     # And the daemon's own connection came back on its own, and says so in /health.
     await async_wait_until(lambda: cdp.generation > generation and cdp.state == "connected",
                            timeout=15, what="the daemon to reconnect")
-    health = await (await api.get("/health", headers={"Authorization": ""})).json()
+    health = await (await api.get("/health")).json()
     assert health["devtools"]["ok"] is True and health["devtools"]["state"] == "connected"
 
 
@@ -115,7 +115,7 @@ async def test_clients_without_the_token_are_refused(api: Api) -> None:
     assert status == 401 and body["code"] == "unauthorized"
     status, body = await get(f"{base}/json/version", {"Authorization": "Bearer wrong"})
     assert status == 401
-    status, body = await get(f"{base}/json/list", {"Authorization": "Bearer test-read"})
+    status, body = await get(f"{base}/json/list", READ)
     assert status == 403 and body["code"] == "forbidden"
     status, info = await get(f"{base}/json/version", ADMIN_BEARER)
     with pytest.raises(InvalidStatus) as refused:
@@ -123,15 +123,15 @@ async def test_clients_without_the_token_are_refused(api: Api) -> None:
     assert refused.value.response.status_code == 401
     with pytest.raises(InvalidStatus) as refused:
         await cdp_call(info["webSocketDebuggerUrl"], "Browser.getVersion",
-                       headers={"Authorization": "Bearer test-read"})
+                       headers={"Authorization": "Bearer test-read-token-0123456789"})
     assert refused.value.response.status_code == 403
 
 
 async def test_a_token_in_the_query_is_carried_into_the_socket_urls(api: Api) -> None:
-    status, info = await get(f"http://{endpoint(api)}/json/version?token=test-write")
+    status, info = await get(f"http://{endpoint(api)}/json/version?token=test-write-token-0123456789")
     assert status == 200, info
     url = info["webSocketDebuggerUrl"]
-    assert url.endswith("?token=test-write")
+    assert url.endswith("?token=test-write-token-0123456789")
     version = await cdp_call(url, "Browser.getVersion")  # the URL alone is enough
     assert version["product"].startswith("Chrome/")
 
@@ -191,7 +191,7 @@ async def run_puppeteer(options: dict[str, Any], title: str) -> dict[str, Any]:
 async def test_puppeteer_connects_through_the_endpoint(
         api: Api, supervised: SupervisedChromium) -> None:
     base = f"http://{endpoint(api)}"
-    status, with_query = await get(f"{base}/json/version?token=test-write")
+    status, with_query = await get(f"{base}/json/version?token=test-write-token-0123456789")
     assert status == 200, with_query
     status, with_header = await get(f"{base}/json/version", ADMIN_BEARER)
     assert status == 200, with_header
@@ -214,7 +214,7 @@ async def test_puppeteer_connects_through_the_endpoint(
             run_puppeteer({"browserWSEndpoint": with_query["webSocketDebuggerUrl"]},
                           f"query {marker}"),
             run_puppeteer({"browserWSEndpoint": bare_url,
-                           "headers": {"Authorization": "Bearer test-write"}},
+                           "headers": {"Authorization": "Bearer test-write-token-0123456789"}},
                           f"header {marker}"),
             run_puppeteer({"browserWSEndpoint": bare_url}, f"refused {marker}"))
         for report, how in ((by_query, "query"), (by_header, "header")):
@@ -242,7 +242,7 @@ async def test_port_zero_turns_the_endpoint_off(
     before = listening()
     api = await make_client(display=supervised.display, cdp_address=supervised.address,
                             cdp_proxy_port=0)
-    health = await (await api.get("/health", headers={"Authorization": ""})).json()
+    health = await (await api.get("/health")).json()
     assert health["devtools"]["proxy"] == "off"
     # Nothing listens but the API itself: no DevTools endpoint on any port.
     assert listening() - before == {("127.0.0.1", api.port)}
@@ -253,7 +253,7 @@ async def test_a_taken_port_is_reported_not_fatal(
     port = api.server.app[SETTINGS].cdp_proxy_port
     second = await make_client(display=supervised.display, cdp_address=supervised.address,
                                cdp_proxy_port=port, cdp_proxy_host="127.0.0.1")
-    health = await (await second.get("/health", headers={"Authorization": ""})).json()
+    health = await (await second.get("/health")).json()
     assert "cannot listen" in health["devtools"]["proxy_error"]
     resp = await second.get("/spec.json")
     assert resp.status == 200

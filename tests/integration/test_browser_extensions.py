@@ -22,7 +22,7 @@ from browser_support import (
     serving,
     supervised_chromium,
 )
-from conftest import WRITE, MakeClient
+from conftest import ADMIN_TOKEN, WRITE, MakeClient
 from helpers import async_wait_until, cdp_call, running_xvfb
 from kernel import AsyncKernel
 
@@ -210,7 +210,7 @@ async def test_the_kernel_sdk_loads_extensions(
     # Another extension sets the title too, in no fixed order: this one marks the DOM.
     script = "document.documentElement.dataset.sdk = 'loaded';"
     pid = supervised.chromium_pid()
-    client = AsyncKernel(api_key="test-admin", base_url=str(api.make_url("")).rstrip("/"),
+    client = AsyncKernel(api_key=ADMIN_TOKEN, base_url=str(api.make_url("")).rstrip("/"),
                          max_retries=0)
     async with client:
         await client.browsers.load_extensions("this-browser", extensions=[

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from conftest import READ, WRITE, MakeClient
+from conftest import ADMIN_TOKEN, READ, WRITE, MakeClient
 
 BROWSER_USER = "agentfs"
 
@@ -258,15 +258,17 @@ async def test_create_delete_move(client: TestClient[Any, Any], tmp_path: Path) 
 async def test_set_file_permissions_and_scopes(client: TestClient[Any, Any], tmp_path: Path,
                                                browser_user: pwd.struct_passwd) -> None:
     target = tmp_path / "p"
-    target.write_text("x")
+    resp = await client.put("/fs/write_file", params={"path": str(target)}, data=b"x")
+    assert resp.status == 201  # the browser user's file, as it acts as that user
     body = {"path": str(target), "mode": "600"}
     resp = await client.put("/fs/set_file_permissions", json=body, headers=WRITE)
     assert resp.status == 200 and stat.S_IMODE(target.stat().st_mode) == 0o600
     resp = await client.put("/fs/set_file_permissions", json=body, headers=READ)
     assert resp.status == 403
+    owner = target.stat().st_uid
     resp = await client.put("/fs/set_file_permissions",
                             json={**body, "owner": BROWSER_USER}, headers=WRITE)
-    assert resp.status == 403 and target.stat().st_uid == 0
+    assert resp.status == 403 and target.stat().st_uid == owner
     resp = await client.put("/fs/set_file_permissions", json={**body, "mode": "4755"},
                             headers=WRITE)
     assert resp.status == 403
@@ -301,13 +303,15 @@ def shared_dir() -> Iterator[Path]:
     """A directory other users can reach (pytest's own temp root is root-only)."""
     path = Path(tempfile.mkdtemp(prefix="agent-fs-"))
     os.chmod(path, 0o755)
+    entry = pwd.getpwnam(BROWSER_USER)
+    os.chown(path, entry.pw_uid, entry.pw_gid)  # as the browser user's home would be
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
 
 async def test_created_files_belong_to_the_default_user(make_client: MakeClient,
-                                                        shared_dir: Path,
-                                                        browser_user: pwd.struct_passwd) -> None:
+                                                        browser_user: pwd.struct_passwd,
+                                                        shared_dir: Path) -> None:
     tmp_path = shared_dir
     client = await make_client(default_user=BROWSER_USER)
     uid, gid = browser_user.pw_uid, browser_user.pw_gid
@@ -319,11 +323,16 @@ async def test_created_files_belong_to_the_default_user(make_client: MakeClient,
     for path in ("d", "d/w", "c", "c/c2"):
         st = os.stat(tmp_path / path)
         assert (st.st_uid, st.st_gid) == (uid, gid), path
-    # Replacing a file the user does not own keeps its owner.
+    # A file of root's in the user's directory: the user may replace it (as `mv` would),
+    # and the new file is the user's; root's own directory stays out of reach.
     (tmp_path / "rootfile").write_text("r")
     resp = await client.put("/fs/write_file", params={"path": str(tmp_path / "rootfile")},
                             data=b"new")
-    assert resp.status == 201 and (tmp_path / "rootfile").stat().st_uid == 0
+    assert resp.status == 201 and (tmp_path / "rootfile").stat().st_uid == uid
+    (tmp_path / "rootdir").mkdir(mode=0o755)
+    resp = await client.put("/fs/write_file",
+                            params={"path": str(tmp_path / "rootdir" / "x")}, data=b"new")
+    assert resp.status == 403 and not (tmp_path / "rootdir" / "x").exists()
     # What the user now owns, the user can use: read it as them.
     output = await run("setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
                        "cat", str(tmp_path / "d" / "w"))
@@ -353,7 +362,7 @@ async def test_official_sdk_against_the_daemon(client: TestClient[Any, Any],
     """The Kernel SDK, pointed straight at the daemon, as users would."""
     from kernel import AsyncKernel
 
-    sdk = AsyncKernel(api_key="test-admin", base_url=str(client.make_url("")).rstrip("/"))
+    sdk = AsyncKernel(api_key=ADMIN_TOKEN, base_url=str(client.make_url("")).rstrip("/"))
     try:
         await sdk.browsers.fs.write_file("b1", b"from sdk", path=str(tmp_path / "w.txt"))
         await sdk.browsers.fs.upload("b1", files=[

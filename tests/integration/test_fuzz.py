@@ -12,9 +12,12 @@ actions is valid, and takes minutes); capped values stay within the schema."""
 from __future__ import annotations
 
 import os
+import pwd
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -33,6 +36,7 @@ from helpers import (
     wait_until,
 )
 from hypothesis import HealthCheck, settings
+from process_helpers import browser_user, browser_user_env
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -42,7 +46,7 @@ from schemathesis.specs.openapi.checks import (
 
 from agent.spec import spec_document
 
-TOKEN = "fuzz-token"
+TOKEN = "fuzz-test-token-0123456789"
 SPEC = spec_document()
 schema = schemathesis.openapi.from_dict(SPEC)
 
@@ -150,8 +154,16 @@ def operation_schemas(method: str, path: str) -> tuple[Any, dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def scratch(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(tmp_path_factory.mktemp("fuzz-root"))
+def scratch() -> Iterator[str]:
+    """The browser user's directory (file operations act as that user)."""
+    path = tempfile.mkdtemp(prefix="agent-fuzz-")
+    user = browser_user()
+    if user is not None:
+        entry = pwd.getpwnam(user)
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 PROGRAMS = """[program:talker]
@@ -193,6 +205,7 @@ def daemon(fuzz_xvfb: Xvfb, fuzz_chromium: Chromium, supervisor: Supervisord,
          "--cdp-proxy-port", "0", "--supervisor-socket", supervisor.socket,
          "--extensions-dir", f"{scratch}/extensions", "--log-level", "warning"],
         cwd=scratch, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, **browser_user_env()},
     )
     base = f"http://127.0.0.1:{port}"
 

@@ -15,6 +15,8 @@ from conftest import READ, WRITE, MakeClient
 from helpers import async_wait_until
 from process_helpers import TEST_USER, ensure_user, exec_ok, pid_alive, spawn
 
+from agent.config import ConfigError
+
 
 def out(result: dict[str, Any], stream: str = "stdout") -> bytes:
     return base64.b64decode(result[f"{stream}_b64"])
@@ -191,10 +193,10 @@ async def test_default_user(make_client: MakeClient) -> None:
     client = await make_client(default_user=TEST_USER)
     assert out(await exec_ok(client, command="id", args=["-un"])) == f"{TEST_USER}\n".encode()
     assert out(await exec_ok(client, command="id", args=["-u"], as_root=True)) == b"0\n"
-    # A missing configured user is the daemon's problem, not the caller's.
-    client = await make_client(default_user="no-such-user-xyz")
-    resp = await client.post("/process/exec", json={"command": "true"})
-    assert resp.status == 503
+    # A missing configured user is refused when the daemon starts (as root).
+    if os.geteuid() == 0:
+        with pytest.raises(ConfigError, match="no such user"):
+            await make_client(default_user="no-such-user-xyz")
 
 
 async def test_garbage_is_json_400(make_client: MakeClient) -> None:
@@ -217,6 +219,11 @@ async def test_garbage_is_json_400(make_client: MakeClient) -> None:
                                  headers={"Content-Type": "application/json"})
         assert resp.status == 400
         assert (await resp.json())["code"]
+    for content_type in ("text/plain", "application/x-www-form-urlencoded"):
+        resp = await client.post("/process/exec", data=b'{"command": "true"}',
+                                 headers={"Content-Type": content_type})
+        assert resp.status == 415
+        assert (await resp.json())["code"] == "unsupported_media_type"
     resp = await client.post("/process/exec", json={"command": "/etc/passwd"})
     body = await resp.json()
     assert resp.status == 400 and body["details"][0]["field"] == "command"

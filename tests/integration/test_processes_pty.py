@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import psutil
 import pytest
-from conftest import ADMIN, READ, MakeClient
+from conftest import ADMIN, READ, READ_TOKEN, MakeClient
 from helpers import async_wait_until
 from process_helpers import (
     TEST_USER,
@@ -234,7 +234,7 @@ async def test_websocket_attach_takes_the_token_in_the_query(make_client: MakeCl
     client = await make_client()
     process_id = await spawn(client, command="sh", args=["-c", "echo hi-from-query"])
     no_auth = {"Authorization": ""}
-    async with client.ws_connect(f"/process/{process_id}/attach?token=test-write",
+    async with client.ws_connect(f"/process/{process_id}/attach?token=test-write-token-0123456789",
                                  headers=no_auth) as ws:
         seen = bytearray()
         await _receive_until(ws, b"hi-from-query", seen, [])
@@ -242,11 +242,12 @@ async def test_websocket_attach_takes_the_token_in_the_query(make_client: MakeCl
         await client.ws_connect(f"/process/{process_id}/attach?token=wrong", headers=no_auth)
     assert refused.value.status == 401
     with pytest.raises(aiohttp.WSServerHandshakeError) as read_only:
-        await client.ws_connect(f"/process/{process_id}/attach?token=test-read",
+        await client.ws_connect(f"/process/{process_id}/attach?token=test-read-token-0123456789",
                                 headers=no_auth)
     assert read_only.value.status == 403
     # a plain request does not take the token from the query
-    resp = await client.get(f"/process/{process_id}/status?token=test-read", headers=no_auth)
+    resp = await client.get(f"/process/{process_id}/status?token={READ_TOKEN}",
+                            headers=no_auth)
     assert resp.status == 401
 
 

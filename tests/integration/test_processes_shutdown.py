@@ -22,7 +22,7 @@ from typing import Any, BinaryIO
 import aiohttp
 import pytest
 from helpers import async_wait_until, free_port
-from process_helpers import b64, pid_alive, processes_with_env
+from process_helpers import b64, browser_user_env, pid_alive, processes_with_env
 
 TOKEN = "shutdown-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -35,6 +35,7 @@ def start_daemon(port: int, log_file: BinaryIO) -> subprocess.Popen[bytes]:
          "--api-token", TOKEN, "--kill-grace", "1", "--display", ":0",
          "--cdp-proxy-port", "0"],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log_file,
+        env={**os.environ, **browser_user_env()},
     )
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from browser_support import BINARY, Recorder, origin_app, serving
-from conftest import SCREEN_H, SCREEN_W, MakeClient
+from conftest import ADMIN_TOKEN, SCREEN_H, SCREEN_W, MakeClient
 from helpers import Chromium, Xvfb, async_wait_until, free_port
 from kernel import APIStatusError, AsyncKernel
 from PIL import Image
@@ -32,7 +32,7 @@ async def sdk(make_client: MakeClient, xvfb: Xvfb, chromium: Chromium
               ) -> AsyncIterator[AsyncKernel]:
     api = await make_client(display=xvfb.name, cdp_address=chromium.address,
                             cdp_proxy_port=0)
-    client = AsyncKernel(api_key="test-admin", base_url=str(api.make_url("")).rstrip("/"),
+    client = AsyncKernel(api_key=ADMIN_TOKEN, base_url=str(api.make_url("")).rstrip("/"),
                          max_retries=0, timeout=60)
     async with client:
         yield client

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from helpers import free_port, wait_until
+from process_helpers import browser_user
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -90,7 +91,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     profile = tmp_path / "profile"
     env = {
         **os.environ,
-        "AGENT_DEFAULT_USER": pwd.getpwuid(os.getuid()).pw_name,
+        "AGENT_DEFAULT_USER": browser_user() or pwd.getpwuid(os.getuid()).pw_name,
         "AGENT_DISPLAY": f":{display}",
         "AGENT_PORT": str(port),
         "AGENT_CDP_ADDRESS": f"127.0.0.1:{cdp_port}",
@@ -108,6 +109,8 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     x_lock = Path(f"/tmp/.X{display}-lock")
     x_lock.write_text(f"{dead_pid():>10}\n")
     profile.mkdir()
+    user = pwd.getpwnam(env["AGENT_DEFAULT_USER"])
+    os.chown(profile, user.pw_uid, user.pw_gid)
     (profile / "SingletonLock").symlink_to(f"{os.uname().nodename}-{dead_pid()}")
     proc = subprocess.Popen(["sh", str(REPO / "supervisor/run-local.sh")], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -148,8 +151,6 @@ def test_run_local_starts_the_stack_and_stops_cleanly(stack: Stack) -> None:
                   if line.startswith("chromium-launch: exec "))
     assert f"--remote-debugging-port={stack.cdp_port}" in launch
     assert "--window-size=1024,768" in launch
-    if os.getuid() == 0:
-        assert "--no-sandbox" in launch  # Chromium cannot sandbox itself as root
 
     # Ctrl-C / SIGTERM: supervisord stops all three and exits 0, well within 10 s.
     start = time.monotonic()

@@ -12,7 +12,8 @@ Faults, in turn, every FAULT_EVERY_S: the daemon SIGKILLed, Xvfb SIGKILLed, Chro
 SIGKILLed (supervisord restarts each).
 
 What must hold: no 5xx but the documented ones (503: a component is down; 507: the disk
-is full; 502 from /curl: the browser could not reach the URL), and connection errors
+is full; 502 and 504 from /curl: the browser dropped or did not finish the request, as
+while it is killed and restarted), and connection errors
 only while the daemon itself is down; each fault recovered (/health ok) within RECOVERY_S;
 every completed write is read back whole, and every file on disk is one that was written
 whole (never torn, never a temporary file left after a full disk); after the run the
@@ -32,9 +33,12 @@ import contextlib
 import hashlib
 import json
 import os
+import pwd
 import random
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -47,6 +51,7 @@ import psutil
 import pytest
 from aiohttp import web
 from helpers import free_port, wait_until
+from process_helpers import browser_user
 
 REPO = Path(__file__).resolve().parents[2]
 SOAK_S = float(os.environ.get("AGENT_SOAK_SECONDS", "75"))
@@ -54,7 +59,7 @@ CLIENTS = 20
 FAULT_EVERY_S = 20.0
 FIRST_FAULT_S = 8.0
 RECOVERY_S = 30.0  # the bound: a killed part is back and answering within it
-TOKEN = "soak-token"
+TOKEN = "soak-test-token-0123456789"
 STAGING_PREFIX = ".agent-upload-"  # agent/files/ops.py
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 PAGE = ("<html><body style='margin:0'><input id=box style='width:600px;height:40px'>"
@@ -99,9 +104,14 @@ class Stack:
 def stack(tmp_path: Path) -> Iterator[Stack]:
     display = free_display()
     port = free_port()
+    user = browser_user() or psutil.Process().username()
+    profile = tmp_path / "profile"
+    profile.mkdir()
+    entry = pwd.getpwnam(user)
+    os.chown(profile, entry.pw_uid, entry.pw_gid)
     env = {
         **os.environ,
-        "AGENT_DEFAULT_USER": psutil.Process().username(),
+        "AGENT_DEFAULT_USER": user,
         "AGENT_DISPLAY": f":{display}",
         "AGENT_PORT": str(port),
         "AGENT_HOST": "127.0.0.1",
@@ -113,7 +123,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         "AGENT_PROCESS_SPOOL_DIR": str(tmp_path / "spool"),
         "AGENT_LOG_LEVEL": "warning",
         "STACK_LOG_DIR": str(tmp_path / "log"),
-        "CHROMIUM_PROFILE_DIR": str(tmp_path / "profile"),
+        "CHROMIUM_PROFILE_DIR": str(profile),
         "XVFB_SCREEN": "1024x768x24",
     }
     for name in ("AGENT_API_TOKENS", "DISPLAY"):
@@ -187,7 +197,8 @@ class Client:
             return 0, b""
         self.tally.served += 1
         self.tally.by_status[resp.status] += 1
-        documented = resp.status in (503, 507) or (resp.status == 502 and path == "/curl")
+        documented = resp.status in (503, 507) or (resp.status in (502, 504)
+                                                    and path == "/curl")
         if resp.status >= 500 and not documented:
             self.tally.fail(f"{method} {path}: {resp.status} {body[:300]!r}")
         elif resp.status not in ok and resp.status != 503:
@@ -272,7 +283,6 @@ class Client:
             self.tally.fail(f"spawn: {got} of {size} bytes, exit {exit_code}")
 
     async def watch(self) -> None:
-        await asyncio.to_thread(self.dir.mkdir, parents=True, exist_ok=True)
         status, body = await self.call("POST", "/fs/watch", json={"path": str(self.dir)},
                                        ok=(200, 201))
         if status not in (200, 201):
@@ -290,8 +300,14 @@ class Client:
         if status == 200 and json.loads(body).get("body") != "soak ok":
             self.tally.fail(f"/curl answered {body[:200]!r}")
 
+    def make_dir(self) -> None:
+        """The client's directory, owned like the scratch directory (the browser user's)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        owner = self.dir.parent.stat()
+        os.chown(self.dir, owner.st_uid, owner.st_gid)
+
     async def run(self, stop: asyncio.Event, paused: asyncio.Event) -> None:
-        await asyncio.to_thread(self.dir.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(self.make_dir)
         ops = [self.screenshot, self.click_and_type, self.write_and_read, self.upload,
                self.exec, self.spawn_and_read, self.watch, self.logs, self.curl]
         while not stop.is_set():
@@ -578,9 +594,23 @@ def small_disk(root: Path) -> Iterator[Path | None]:
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+def owned_by(path: Path, user: str) -> None:
+    entry = pwd.getpwnam(user)
+    os.chown(path, entry.pw_uid, entry.pw_gid)
+
+
 @pytest.mark.timeout(SOAK_S + 600)
-def test_soak_under_faults(stack: Stack, tmp_path: Path) -> None:
-    scratch = tmp_path / "work"
-    scratch.mkdir()
-    with small_disk(tmp_path) as disk:
-        asyncio.run(soak(stack, scratch, disk))
+def test_soak_under_faults(stack: Stack) -> None:
+    # File operations act as the browser user: its own directories, reachable by it.
+    root = Path(tempfile.mkdtemp(prefix="agent-soak-"))
+    try:
+        root.chmod(0o755)
+        scratch = root / "work"
+        scratch.mkdir()
+        owned_by(scratch, stack.env["AGENT_DEFAULT_USER"])
+        with small_disk(root) as disk:
+            if disk is not None:
+                owned_by(disk, stack.env["AGENT_DEFAULT_USER"])
+            asyncio.run(soak(stack, scratch, disk))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
