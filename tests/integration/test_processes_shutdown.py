@@ -261,6 +261,8 @@ async def test_sigterm_under_load_ends_every_client_cleanly(tmp_path: Path,
     answered, and the daemon exits 0 within its grace time."""
     dest = tmp_path / "dest"
     dest.mkdir()
+    owner = os.stat(tmp_path)  # the browser user's, as file operations act as that user
+    os.chown(dest, owner.st_uid, owner.st_gid)
     first_part = os.urandom(1 << 20)
     hold = asyncio.Event()  # the half-sent bodies never finish on their own
 
