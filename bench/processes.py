@@ -76,7 +76,8 @@ class Daemon:
         self.proc = subprocess.Popen(
             [sys.executable, *start, "--host", "127.0.0.1", "--port", str(self.port),
              "--api-token", TOKEN, "--log-level", "warning", "--cdp-proxy-port", "0",
-             "--max-processes", str(max_processes), *extra],
+             "--max-processes", str(max_processes), "--max-streams", str(max_processes),
+             *extra],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self._log,
             env={**os.environ, **browser_user_env()},
         )
