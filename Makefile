@@ -4,13 +4,14 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 NODE_DIR := tests/node
+PLAYWRIGHT_DIR := agent/playwright/runtime
 
-.PHONY: all setup system venv node-deps run test lint unit integration security image-test fuzz soak \
-	bench image clean
+.PHONY: all setup system venv node-deps playwright-deps run test lint unit integration security \
+	image-test fuzz soak bench image clean
 
 all: test
 
-setup: system venv
+setup: system venv playwright-deps
 
 system:
 	bash scripts/setup-system.sh
@@ -28,6 +29,13 @@ node-deps: $(NODE_DIR)/node_modules/.package-lock.json
 
 $(NODE_DIR)/node_modules/.package-lock.json: $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
 	npm ci --prefix $(NODE_DIR) --no-audit --no-fund
+	touch $@
+
+# playwright-core (no browser download) and esbuild for POST /playwright/execute
+playwright-deps: $(PLAYWRIGHT_DIR)/node_modules/.package-lock.json
+
+$(PLAYWRIGHT_DIR)/node_modules/.package-lock.json: $(PLAYWRIGHT_DIR)/package.json $(PLAYWRIGHT_DIR)/package-lock.json
+	npm ci --prefix $(PLAYWRIGHT_DIR) --no-audit --no-fund
 	touch $@
 
 run: setup
@@ -73,9 +81,11 @@ bench: setup
 	$(BIN)/python bench/files.py
 	$(BIN)/python bench/processes.py
 	$(BIN)/python bench/browser.py
+	$(BIN)/python bench/playwright.py
+	$(BIN)/python bench/telemetry.py
 
 image: setup
 	bash images/build.sh
 
 clean:
-	rm -rf $(VENV) $(NODE_DIR)/node_modules .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(NODE_DIR)/node_modules $(PLAYWRIGHT_DIR)/node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -24,8 +24,10 @@ from agent.errors import AgentError, Forbidden, InternalError, NotFound, TooMany
 from agent.files import routes as files_routes
 from agent.identity import FsUser
 from agent.logs import routes as logs_routes
+from agent.playwright import routes as playwright_routes
 from agent.processes import routes as processes_routes
 from agent.spec import ALIAS_PREFIX, is_stream, operation_for, spec_json, spec_text
+from agent.telemetry import routes as telemetry_routes
 
 __all__ = ["SETTINGS", "create_app"]
 
@@ -37,7 +39,8 @@ _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _STATUS_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-SLICES = (computer_routes, files_routes, processes_routes, logs_routes, browser_routes)
+SLICES = (computer_routes, files_routes, processes_routes, logs_routes, browser_routes,
+          playwright_routes, telemetry_routes)
 
 
 def error_response(exc: AgentError, request_id: str | None = None) -> web.Response:

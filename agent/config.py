@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SCOPES = ("read", "write", "admin")
+TELEMETRY_CATEGORIES = ("console", "network", "page", "interaction")
 
 
 class ConfigError(ValueError):
@@ -221,6 +222,35 @@ OPTIONS: tuple[Option, ...] = (
            "where uploaded extensions are unpacked (default ~browser-user/extensions)"),
     Option("chromium_program", "AGENT_CHROMIUM_PROGRAM", "--chromium-program", _str,
            "supervisord program that runs Chromium (default chromium)"),
+    # playwright
+    Option("node_program", "AGENT_NODE", "--node", _str,
+           "the node binary Playwright code runs under (default node)"),
+    Option("playwright_dir", "AGENT_PLAYWRIGHT_DIR", "--playwright-dir", _str,
+           "directory of the Playwright worker and its node_modules (default: the "
+           "package's agent/playwright/runtime)"),
+    Option("playwright_max_executors", "AGENT_PLAYWRIGHT_MAX_EXECUTORS",
+           "--playwright-max-executors", _int,
+           "most named Playwright executors, each a Node process and a tab (default 8)"),
+    Option("playwright_output_cap", "AGENT_PLAYWRIGHT_OUTPUT_CAP", "--playwright-output-cap",
+           _int, "bytes of stdout and of stderr kept per Playwright call (default 1 MiB each)"),
+    Option("playwright_prewarm", "AGENT_PLAYWRIGHT_PREWARM", "--playwright-prewarm", _bool,
+           "start the default Playwright worker with the daemon instead of on first use "
+           "(default false)"),
+    # telemetry
+    Option("telemetry_categories", "AGENT_TELEMETRY_CATEGORIES", "--telemetry-categories",
+           _str, "telemetry captured from the start: 'all', 'none' or a list of console, "
+           "network, page, interaction (default none; PUT /telemetry/config changes it)"),
+    Option("telemetry_dir", "AGENT_TELEMETRY_DIR", "--telemetry-dir", _str,
+           "daemon-owned directory of the telemetry history "
+           "(default /var/lib/browser-agent/telemetry)"),
+    Option("telemetry_history_bytes", "AGENT_TELEMETRY_HISTORY_BYTES",
+           "--telemetry-history-bytes", _int,
+           "bytes of telemetry history kept on disk, in 8 rotated files (default 128 MiB)"),
+    Option("telemetry_buffer", "AGENT_TELEMETRY_BUFFER", "--telemetry-buffer", _int,
+           "telemetry events kept in memory for streams and Last-Event-ID (default 16384)"),
+    Option("telemetry_buffer_bytes", "AGENT_TELEMETRY_BUFFER_BYTES",
+           "--telemetry-buffer-bytes", _int,
+           "bytes of telemetry events kept in memory (default 64 MiB)"),
 )
 
 
@@ -268,6 +298,16 @@ class Settings:
     cdp_proxy_port: int = 9222
     extensions_dir: str = ""
     chromium_program: str = "chromium"
+    node_program: str = "node"
+    playwright_dir: str = ""
+    playwright_max_executors: int = 8
+    playwright_output_cap: int = 1 << 20
+    playwright_prewarm: bool = False
+    telemetry_categories: str = ""
+    telemetry_dir: str = "/var/lib/browser-agent/telemetry"
+    telemetry_history_bytes: int = 128 << 20
+    telemetry_buffer: int = 16384
+    telemetry_buffer_bytes: int = 64 << 20
     tokens: Mapping[str, str] = field(default_factory=dict)
     adopt_orphans: bool = True
 
@@ -353,6 +393,19 @@ def make_settings(**values: Any) -> Settings:
     settings = Settings(**values, tokens=tokens)
     if settings.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"--log-level: unknown level {settings.log_level!r}")
+    if settings.playwright_max_executors < 0:
+        raise ConfigError("--playwright-max-executors: must be 0 or more")
+    if settings.playwright_output_cap < 1:
+        raise ConfigError("--playwright-output-cap: must be at least 1")
+    if not all(part.strip() in ("", "all", "none", "off", *TELEMETRY_CATEGORIES)
+               for part in settings.telemetry_categories.lower().split(",")):
+        raise ConfigError(f"--telemetry-categories: unknown category in "
+                          f"{settings.telemetry_categories!r}")
+    if settings.telemetry_buffer < 1 or settings.telemetry_buffer_bytes < 1 << 20:
+        raise ConfigError("--telemetry-buffer must be at least 1 and "
+                          "--telemetry-buffer-bytes at least 1 MiB")
+    if settings.telemetry_history_bytes < 1 << 20:
+        raise ConfigError("--telemetry-history-bytes must be at least 1 MiB")
     if not 0 <= settings.port <= 65535:
         raise ConfigError(f"--port: out of range: {settings.port}")
     if (

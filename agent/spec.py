@@ -277,15 +277,25 @@ def request_query(request: web.Request) -> dict[str, Any]:
             continue
         name = param["name"]
         schema = param.get("schema", {})
-        raw = request.query.get(name)
-        if raw is None:
-            if param.get("required"):
-                raise BadRequest(f"query parameter {name} is required",
-                                 details=[field_error(name, "is required", "missing_field")])
-            if "default" in _resolve(schema):
-                values[name] = copy.deepcopy(_resolve(schema)["default"])
-            continue
-        value = _coerce(name, raw, schema)
+        if _resolve(schema).get("type") == "array":
+            # style=form, explode=true: repeated parameters (comma-separated values too)
+            items = [part for raw in request.query.getall(name, []) for part in raw.split(",")
+                     if part]
+            if not items:
+                continue
+            item_schema = _resolve(schema).get("items", {})
+            value = [_coerce(name, item, item_schema) for item in items]
+        else:
+            raw = request.query.get(name)
+            if raw is None:
+                if param.get("required"):
+                    raise BadRequest(f"query parameter {name} is required",
+                                     details=[field_error(name, "is required",
+                                                          "missing_field")])
+                if "default" in _resolve(schema):
+                    values[name] = copy.deepcopy(_resolve(schema)["default"])
+                continue
+            value = _coerce(name, raw, schema)
         errors = list(_validator_for((op.method, op.path), "param", name).iter_errors(value))
         if errors:
             details = _error_details(iter(errors), prefix=name)

@@ -84,6 +84,10 @@ class SSEWriter:
         lines.append("data: " + json.dumps(data, separators=(",", ":"), ensure_ascii=False))
         await self._write(("\n".join(lines) + "\n\n").encode())
 
+    async def write_frame(self, frame: bytes) -> None:
+        """Frames already in SSE form (several at once, id-only frames, comments)."""
+        await self._write(frame)
+
     async def comment(self, text: str = "keepalive") -> None:
         await self._write(f": {text}\n\n".encode())
 

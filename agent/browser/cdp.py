@@ -17,6 +17,7 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
@@ -103,6 +104,8 @@ class CdpManager:
         self._subscribers: dict[str | None, set[EventQueue]] = {}
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # Sees every event of every session first (the telemetry capture); must not block.
+        self.on_event: Callable[[Event], None] | None = None
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -161,8 +164,8 @@ class CdpManager:
         with contextlib.suppress(ConnectionClosed):
             async for raw in ws:
                 try:
-                    message = json.loads(raw)
-                except ValueError:
+                    message = orjson.loads(raw)
+                except orjson.JSONDecodeError:
                     log.warning("DevTools sent a non-JSON message; ignored")
                     continue
                 if "id" in message:
@@ -170,6 +173,11 @@ class CdpManager:
                     if future is not None and not future.done():
                         future.set_result(message)
                     continue
+                if self.on_event is not None:
+                    try:
+                        self.on_event(message)
+                    except Exception:  # a bug there must not end the connection
+                        log.exception("DevTools event handler failed")
                 for queue in self._subscribers.get(message.get("sessionId"), ()):
                     queue.put_nowait(message)
 

@@ -340,6 +340,20 @@ def test_exec_runs_as_the_browser_user(box: Container) -> None:
     assert base64.b64decode(result["stdout_b64"]) == b"browser\n"
 
 
+def test_playwright_runs_under_the_images_node(box: Container) -> None:
+    """Debian's nodejs, the lockfile's playwright-core and esbuild, as the browser user."""
+    code = ("const n: number = 1 + 1; "
+            "return { n, title: await page.title(), uid: process.getuid(), node: process.version }")
+    result = box.json("POST", "/playwright/execute", {"code": code, "timeout_sec": 60})
+    assert result["success"] is True, result
+    assert result["result"]["n"] == 2
+    uid = box.podman_exec("id", "-u", "browser").stdout.strip()
+    assert str(result["result"]["uid"]) == uid
+    print(f"\n[image] playwright under node {result['result']['node']}")
+    health = json.loads(box.request("GET", "/health")[2])
+    assert health["playwright"]["ok"] is True, health
+
+
 def sse_events(raw: bytes) -> list[dict[str, Any]]:
     events = []
     for frame in raw.decode().split("\n\n"):

@@ -36,6 +36,7 @@ from helpers import (
     wait_until,
 )
 from hypothesis import HealthCheck, settings
+from playwright_support import runtime_dir_for
 from process_helpers import browser_user, browser_user_env
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -180,6 +181,13 @@ def supervisor() -> Iterator[Supervisord]:
         yield running
 
 
+def playwright_env() -> dict[str, str]:
+    """A Playwright runtime the browser user can read (a copy if the checkout is private)."""
+    user = browser_user()
+    directory = runtime_dir_for(user) if user else ""
+    return {"AGENT_PLAYWRIGHT_DIR": directory} if directory else {}
+
+
 @pytest.fixture(scope="module")
 def fuzz_xvfb() -> Iterator[Xvfb]:
     """The fuzzer clicks, types and presses keys at random: on a display and a browser of
@@ -203,9 +211,10 @@ def daemon(fuzz_xvfb: Xvfb, fuzz_chromium: Chromium, supervisor: Supervisord,
         [sys.executable, "-m", "agent", "--port", str(port), "--display", xvfb.name,
          "--cdp-address", chromium.address, "--api-token", TOKEN,
          "--cdp-proxy-port", "0", "--supervisor-socket", supervisor.socket,
-         "--extensions-dir", f"{scratch}/extensions", "--log-level", "warning"],
+         "--extensions-dir", f"{scratch}/extensions", "--log-level", "warning",
+         "--telemetry-dir", f"{scratch}/telemetry"],
         cwd=scratch, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, **browser_user_env()},
+        env={**os.environ, **browser_user_env(), **playwright_env()},
     )
     base = f"http://127.0.0.1:{port}"
 
@@ -230,9 +239,10 @@ def daemon(fuzz_xvfb: Xvfb, fuzz_chromium: Chromium, supervisor: Supervisord,
 # to hunt (AGENT_FUZZ_RANDOM=1, AGENT_FUZZ_EXAMPLES).
 RANDOM = os.environ.get("AGENT_FUZZ_RANDOM") == "1"
 EXAMPLES = int(os.environ.get("AGENT_FUZZ_EXAMPLES", "25"))
-# The slowest tamed call takes a few seconds (a batch of 10 capped actions, a 2 s exec
-# timeout, a 1.5 s curl timeout); this bounds one call even if something hangs.
-CALL_TIMEOUT_S = 10
+# The slowest tamed call takes a few seconds (a batch of 10 capped actions, a 2 s exec or
+# Playwright timeout with Node's start, a 1.5 s curl timeout); this bounds one call even if
+# something hangs.
+CALL_TIMEOUT_S = 20
 
 
 @schema.parametrize()
@@ -248,6 +258,8 @@ def test_no_server_errors_and_answers_match_the_spec(case: Any, daemon: str,
         for key, forced in FORCED_QUERY.items():
             if key in query_schema["properties"]:
                 case.query[key] = forced
+    if case.path in ("/telemetry", "/telemetry/stream"):
+        case.query = {**(case.query or {}), "follow": "false"}  # nor does a telemetry stream
     response = case.call(base_url=daemon, headers={"Authorization": f"Bearer {TOKEN}"},
                          timeout=CALL_TIMEOUT_S)
     case.validate_response(

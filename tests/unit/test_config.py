@@ -128,3 +128,19 @@ def test_bad_values_are_clear_errors(argv: list[str], message: str) -> None:
 def test_bad_boolean_in_environment() -> None:
     with pytest.raises(ConfigError, match="AGENT_ALLOW_UNAUTHENTICATED"):
         load_settings([], {"AGENT_ALLOW_UNAUTHENTICATED": "maybe"})
+
+
+def test_playwright_settings() -> None:
+    settings = load_settings([], {})
+    assert (settings.node_program, settings.playwright_max_executors,
+            settings.playwright_output_cap, settings.playwright_prewarm) == ("node", 8, 1 << 20,
+                                                                             False)
+    settings = load_settings(["--playwright-max-executors", "3", "--node", "/opt/node"],
+                             {"AGENT_PLAYWRIGHT_PREWARM": "1",
+                              "AGENT_PLAYWRIGHT_DIR": "/opt/pw"})
+    assert settings.playwright_max_executors == 3
+    assert settings.node_program == "/opt/node"
+    assert settings.playwright_prewarm is True
+    assert settings.playwright_dir == "/opt/pw"
+    with pytest.raises(ConfigError, match="playwright-output-cap"):
+        load_settings(["--playwright-output-cap", "0"], {})

@@ -1,0 +1,1 @@
+"""Playwright execute: user code in warm Node workers, one per executor."""

@@ -1,0 +1,79 @@
+"""HTTP routes of the playwright slice: POST /playwright/execute, the executor list and
+DELETE of an executor; the executors (and their Node workers) as the slice's manager."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import web
+
+from agent.appkeys import HEALTH_PROBES, SETTINGS
+from agent.browser.routes import CDP
+from agent.errors import BadRequest, field_error
+from agent.playwright.manager import PlaywrightManager
+from agent.spec import request_json, request_query
+
+MANAGER = web.AppKey("playwright_manager", PlaywrightManager)
+
+routes = web.RouteTableDef()
+
+
+@routes.post("/playwright/execute")
+async def execute(request: web.Request) -> web.Response:
+    body = await request_json(request)
+    result = await request.app[MANAGER].execute(
+        body["code"], float(body["timeout_sec"]), body.get("executor"))
+    return web.json_response(result.to_json())
+
+
+@routes.get("/playwright/executors")
+async def list_executors(request: web.Request) -> web.Response:
+    query = request_query(request)
+    cursor = _cursor(query.get("cursor"))
+    page = await request.app[MANAGER].list(query.get("limit"), cursor)
+    headers = {}
+    if page.next_cursor is not None:
+        url = request.rel_url.update_query(cursor=str(page.next_cursor))
+        headers["Link"] = f'<{url}>; rel="next"'
+    return web.json_response({"executors": page.items}, headers=headers)
+
+
+@routes.delete("/playwright/executors/{name}")
+async def delete_executor(request: web.Request) -> web.Response:
+    query = request_query(request)
+    await request.app[MANAGER].delete(request.match_info["name"], bool(query["close_tab"]))
+    return web.Response(status=204)
+
+
+def _cursor(raw: Any) -> int | None:
+    if raw is None:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise BadRequest("cursor is not one this list gave out",
+                         details=[field_error("cursor", "is not a cursor of this list")]) from None
+
+
+async def _begin_shutdown(app: web.Application) -> None:
+    await app[MANAGER].begin_shutdown()
+
+
+async def _manager_lifetime(app: web.Application) -> AsyncIterator[None]:
+    app[MANAGER].start()
+    yield
+    await app[MANAGER].close()
+
+
+def setup(app: web.Application) -> None:
+    manager = PlaywrightManager(app[SETTINGS], app[CDP])
+    app[MANAGER] = manager
+
+    async def playwright_probe() -> dict[str, Any]:
+        return manager.snapshot()
+
+    app[HEALTH_PROBES]["playwright"] = playwright_probe
+    app.router.add_routes(routes)
+    app.on_shutdown.append(_begin_shutdown)
+    app.cleanup_ctx.append(_manager_lifetime)

@@ -1,0 +1,1 @@
+"""Telemetry: the browser's console, network, page and interaction events over CDP."""

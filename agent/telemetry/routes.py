@@ -1,0 +1,172 @@
+"""HTTP routes of the telemetry slice: the live stream (GET /telemetry and
+/telemetry/stream), the history (GET /telemetry/events) and the category configuration
+(GET/PUT /telemetry/config)."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from agent.appkeys import HEALTH_PROBES, SETTINGS
+from agent.errors import BadRequest, field_error
+from agent.spec import request_json, request_query
+from agent.sse import SSEWriter, last_event_id
+from agent.streams import Gap
+from agent.telemetry.history import Query
+from agent.telemetry.manager import Telemetry
+
+TELEMETRY = web.AppKey("telemetry", Telemetry)
+
+MAX_FILTERS = 10
+MAX_NAME = 64
+MAX_INSTANT = 64
+DEFAULT_SINCE_US = 5 * 60 * 1_000_000
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h|d)")
+_UNITS_US = {"ns": 0.001, "us": 1, "µs": 1, "ms": 1000, "s": 1_000_000, "m": 60_000_000,
+             "h": 3_600_000_000, "d": 86_400_000_000}
+
+routes = web.RouteTableDef()
+
+
+def _set(params: dict[str, Any], name: str) -> frozenset[str]:
+    """A filter given as repeated parameters and/or comma-separated values (their number
+    checked against the spec by request_query)."""
+    values = frozenset(str(value).strip() for value in params.get(name, []))
+    if len(values) > MAX_FILTERS or any(len(value) > MAX_NAME for value in values):
+        raise BadRequest(f"{name}: at most {MAX_FILTERS} names of at most {MAX_NAME} "
+                         "characters", details=[field_error(name, "too many or too long")])
+    return values
+
+
+def _instant(name: str, text: str, now_us: int) -> int:
+    """An RFC 3339 timestamp, or a duration like `5m` meaning that long ago (Unix µs)."""
+    text = text.strip()
+    if len(text) > MAX_INSTANT:
+        raise BadRequest(f"{name} is too long", details=[field_error(name, "too long")])
+    pieces = _DURATION.findall(text)
+    if pieces and "".join(n + u for n, u in pieces) == text:
+        return now_us - round(sum(float(n) * _UNITS_US[u] for n, u in pieces))
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise BadRequest(f"{name} must be an RFC 3339 timestamp or a duration like 5m",
+                         details=[field_error(name, "not a timestamp or duration")]) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return round(when.timestamp() * 1_000_000)
+
+
+@routes.get("/telemetry")
+@routes.get("/telemetry/stream")
+async def stream(request: web.Request) -> web.StreamResponse:
+    telemetry = request.app[TELEMETRY]
+    hub = telemetry.hub
+    query = request_query(request)
+    types = _set(query, "type")
+    keepalive = request.app[SETTINGS].sse_keepalive_s
+    resume = ("Last-Event-ID" in request.headers or "last_event_id" in request.query)
+    if resume:
+        after = last_event_id(request)
+    elif query.get("replay") == "all":
+        after = hub.first_seq - 1
+    else:
+        after = hub.last_seq
+    sse = SSEWriter(request, 0)  # keepalives (and id-only frames) come from the loop below
+    async with sse:
+        skipped = 0  # the newest filtered-out seq not yet reported in an id-only frame
+        reported = time.monotonic()
+        follow = bool(query.get("follow", True))
+        async for item in hub.follow(after, keepalive if keepalive > 0 else 3600.0,
+                                     stop_when_idle=not follow):
+            if isinstance(item, Gap):
+                await sse.write_frame(
+                    f": gap: events {item.first}..{item.last} ({item.missed}) were dropped "
+                    f"because this reader fell behind the buffer\nid: {item.last}\n\n".encode())
+                continue
+            if not item:
+                if skipped:
+                    await sse.write_frame(f"id: {skipped}\n\n".encode())
+                    skipped, reported = 0, time.monotonic()
+                else:
+                    await sse.comment()
+                continue
+            frames = []
+            for record in item:
+                if types and record.type not in types:
+                    skipped = record.seq
+                    continue
+                frames.append(f"id: {record.seq}\ndata: {record.text}\n\n")
+                skipped = 0
+            if skipped and time.monotonic() - reported >= keepalive:
+                frames.append(f"id: {skipped}\n\n")
+                skipped, reported = 0, time.monotonic()
+            if frames:
+                await sse.write_frame("".join(frames).encode())
+        if skipped:
+            await sse.write_frame(f"id: {skipped}\n\n".encode())
+    return sse.response
+
+
+@routes.get("/telemetry/events")
+async def events(request: web.Request) -> web.Response:
+    telemetry = request.app[TELEMETRY]
+    params = request_query(request)
+    now_us = time.time_ns() // 1000
+    order = params.get("order", "asc")
+    if order == "desc" and "since" in params:
+        raise BadRequest("order=desc cannot be combined with since",
+                         details=[field_error("since", "not allowed with order=desc")])
+    offset = params.get("offset")
+    since = params.get("since")
+    until = params.get("until")
+    query = Query(order=order, offset=offset,
+                  since_us=(_instant("since", since, now_us) if since is not None
+                            else now_us - DEFAULT_SINCE_US),
+                  until_us=_instant("until", until, now_us) if until is not None else None,
+                  types=_set(params, "type"), categories=_set(params, "category"),
+                  limit=params.get("limit", 20))
+    page = await telemetry.history.query(query)
+    return web.json_response(page.items, headers={
+        "X-Next-Offset": str(page.next_offset),
+        "X-Has-More": "true" if page.has_more else "false"})
+
+
+@routes.get("/telemetry/config")
+async def get_config(request: web.Request) -> web.Response:
+    return web.json_response(request.app[TELEMETRY].config())
+
+
+@routes.put("/telemetry/config")
+async def put_config(request: web.Request) -> web.Response:
+    body = await request_json(request)
+    return web.json_response(await request.app[TELEMETRY].update(body))
+
+
+async def _telemetry_ctx(app: web.Application) -> AsyncIterator[None]:
+    telemetry = app[TELEMETRY]
+    await telemetry.start()
+    yield
+    await telemetry.close()
+
+
+async def _end_streams(app: web.Application) -> None:
+    """Open streams end at shutdown instead of holding it up."""
+    app[TELEMETRY].end_streams()
+
+
+def setup(app: web.Application) -> None:
+    telemetry = Telemetry(app[SETTINGS])
+    app[TELEMETRY] = telemetry
+
+    async def probe() -> dict[str, object]:
+        return telemetry.snapshot()
+
+    app[HEALTH_PROBES]["telemetry"] = probe
+    app.router.add_routes(routes)
+    app.cleanup_ctx.append(_telemetry_ctx)
+    app.on_shutdown.append(_end_streams)
