@@ -406,7 +406,7 @@ async def stop_reading_reader(session: aiohttp.ClientSession, stop: asyncio.Even
             while not stop.is_set():
                 async with session.get(f"/process/{process_id}/status") as state:
                     if (await state.json())["state"] == "exited":
-                        tally.errors["stalled reader: its process exited meanwhile"] += 1
+                        tally.errors["stalled reader: its process ran on and exited"] += 1
                         return
                 if time.monotonic() - started > 30:
                     tally.fail("a process waited for a reader that stopped reading")
@@ -528,7 +528,10 @@ async def soak(stack: Stack, scratch: Path, disk: Path | None) -> None:
                             and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
                     if left:
                         tally.fail(f"the killed daemon's children still run: {left}")
-                    if baseline is None:  # the new daemon, quiet, is the reference
+                    if baseline is None:
+                        # The new daemon, warmed up by the load (its thread pools grow on
+                        # demand, to their bounds), then quiet: the reference.
+                        await asyncio.sleep(5)
                         paused.clear()
                         await asyncio.sleep(3)
                         baseline = resources(stack.pid_of("agent"))
@@ -573,6 +576,8 @@ async def soak(stack: Stack, scratch: Path, disk: Path | None) -> None:
     assert disk is None or disk_statuses[507] > 0, "the small disk never filled"
     assert baseline is not None
     assert after["fds"] <= baseline["fds"] + 10, (baseline, after)
+    # The daemon's thread pools grow on demand up to their sizes; the baseline is taken
+    # after a warm-up, and a few more threads may still start.
     assert after["threads"] <= baseline["threads"] + 8, (baseline, after)
     assert after["rss_mb"] <= baseline["rss_mb"] + 80, (baseline, after)
     assert not zombies, zombies
