@@ -81,8 +81,10 @@ bench: setup
 	$(BIN)/python bench/files.py
 	$(BIN)/python bench/processes.py
 	$(BIN)/python bench/browser.py
+	$(BIN)/python bench/live.py
 	$(BIN)/python bench/playwright.py
 	$(BIN)/python bench/telemetry.py
+	$(BIN)/python bench/replays.py
 
 image: setup
 	bash images/build.sh

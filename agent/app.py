@@ -15,17 +15,29 @@ from typing import Any
 from aiohttp import web
 
 from agent import __version__
-from agent.appkeys import FS_USER, HEALTH_PROBES, SETTINGS
-from agent.auth import SCOPE_KEY, authenticate, check_origin, has_scope, optional_scope
+from agent.appkeys import FS_USER, HEALTH_PROBES, RESIZE_GUARDS, SESSIONS, SETTINGS
+from agent.auth import (
+    CREDENTIALS,
+    SCOPE_KEY,
+    authenticate,
+    check_origin,
+    has_scope,
+    optional_scope,
+    session_scope,
+)
 from agent.browser import routes as browser_routes
 from agent.computer import routes as computer_routes
 from agent.config import Settings, check_identity
+from agent.display import routes as display_routes
 from agent.errors import AgentError, Forbidden, InternalError, NotFound, TooManyRequests
 from agent.files import routes as files_routes
 from agent.identity import FsUser
+from agent.live import routes as live_routes
 from agent.logs import routes as logs_routes
 from agent.playwright import routes as playwright_routes
 from agent.processes import routes as processes_routes
+from agent.replays import routes as replays_routes
+from agent.sessions import SessionStore
 from agent.spec import ALIAS_PREFIX, is_stream, operation_for, spec_json, spec_text
 from agent.telemetry import routes as telemetry_routes
 
@@ -40,7 +52,7 @@ _STATUS_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SLICES = (computer_routes, files_routes, processes_routes, logs_routes, browser_routes,
-          playwright_routes, telemetry_routes)
+          playwright_routes, telemetry_routes, live_routes, display_routes, replays_routes)
 
 
 def error_response(exc: AgentError, request_id: str | None = None) -> web.Response:
@@ -248,6 +260,11 @@ def create_app(settings: Settings) -> web.Application:
     app[FS_USER] = FsUser(settings.default_user)
     app.on_cleanup.append(_close_fs_user)
     app[HEALTH_PROBES] = {}  # the computer and browser slices add display and devtools
+    sessions = SessionStore()
+    app[SESSIONS] = sessions
+    # The session cookie of the daemon's own pages, beside bearer tokens (sessions.py).
+    app[CREDENTIALS] = [lambda request: session_scope(request, sessions)]
+    app[RESIZE_GUARDS] = []
     app.on_response_prepare.append(_add_request_id)
     app.router.add_get("/health", health)
     app.router.add_get("/spec.yaml", get_spec_yaml)

@@ -24,6 +24,7 @@ from aiohttp import web
 
 from agent.appkeys import SETTINGS
 from agent.errors import Forbidden, Unauthorized
+from agent.sessions import SessionStore, cookie_name
 
 RANK = {"read": 1, "write": 2, "admin": 3}
 SCOPE_KEY = web.RequestKey("scope", str)
@@ -215,6 +216,25 @@ def optional_scope(request: web.Request) -> str | None:
         if granted is not None:
             return granted
     return None
+
+
+def same_origin(request: web.Request) -> bool:
+    """Whether a browser request comes from the daemon's own pages: no foreign Origin
+    (not even one AGENT_ALLOWED_ORIGINS allows) and no cross-origin fetch metadata."""
+    origin = request.headers.get("Origin")
+    if origin is not None and origin != f"{request.scheme}://{request.host}":
+        return False
+    return request.headers.get("Sec-Fetch-Site", "same-origin") in ("same-origin", "none")
+
+
+def session_scope(request: web.Request, sessions: SessionStore) -> str | None:
+    """A CredentialCheck: the scope of the request's session cookie (sessions.py), for
+    same-origin requests only."""
+    session_id = request.cookies.get(cookie_name(request.url.port))
+    if not session_id or not same_origin(request):
+        return None
+    session = sessions.lookup(session_id)
+    return session.scope if session is not None else None
 
 
 def has_scope(granted: str, needed: str) -> bool:

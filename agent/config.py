@@ -251,6 +251,23 @@ OPTIONS: tuple[Option, ...] = (
     Option("telemetry_buffer_bytes", "AGENT_TELEMETRY_BUFFER_BYTES",
            "--telemetry-buffer-bytes", _int,
            "bytes of telemetry events kept in memory (default 64 MiB)"),
+    # replays
+    Option("replays_dir", "AGENT_REPLAYS_DIR", "--replays-dir", _str,
+           "where screen recordings and their metadata live, owned by the daemon (default "
+           "/var/lib/browser-agent/replays as root, else ~/.local/state/browser-agent/replays)"),
+    Option("replays_max_active", "AGENT_REPLAYS_MAX_ACTIVE", "--replays-max-active", _int,
+           "most recordings running at once; more is a 409 (default 2)"),
+    Option("replay_max_bytes", "AGENT_REPLAY_MAX_BYTES", "--replay-max-bytes", _int,
+           "bytes one recording may reach; it stops by itself there (default 1 GiB)"),
+    Option("replays_max_total_bytes", "AGENT_REPLAYS_MAX_TOTAL_BYTES",
+           "--replays-max-total-bytes", _int,
+           "bytes all recordings may take on disk; the oldest finished ones are deleted to "
+           "stay below it (default 8 GiB)"),
+    Option("replay_max_duration_s", "AGENT_REPLAY_MAX_DURATION", "--replay-max-duration", _int,
+           "longest recording in seconds: the default and the largest "
+           "max_duration_in_seconds accepted (default 3600)"),
+    Option("ffmpeg", "AGENT_FFMPEG", "--ffmpeg", _str,
+           "the ffmpeg executable that records the screen (default ffmpeg, from PATH)"),
 )
 
 
@@ -308,6 +325,12 @@ class Settings:
     telemetry_history_bytes: int = 128 << 20
     telemetry_buffer: int = 16384
     telemetry_buffer_bytes: int = 64 << 20
+    replays_dir: str = ""
+    replays_max_active: int = 2
+    replay_max_bytes: int = 1 << 30
+    replays_max_total_bytes: int = 8 << 30
+    replay_max_duration_s: int = 3600
+    ffmpeg: str = "ffmpeg"
     tokens: Mapping[str, str] = field(default_factory=dict)
     adopt_orphans: bool = True
 
@@ -406,6 +429,11 @@ def make_settings(**values: Any) -> Settings:
                           "--telemetry-buffer-bytes at least 1 MiB")
     if settings.telemetry_history_bytes < 1 << 20:
         raise ConfigError("--telemetry-history-bytes must be at least 1 MiB")
+    for name in ("replays_max_active", "replay_max_bytes", "replays_max_total_bytes",
+                 "replay_max_duration_s"):
+        if getattr(settings, name) < 1:
+            flag = next(opt.flag for opt in OPTIONS if opt.name == name)
+            raise ConfigError(f"{flag}: must be at least 1")
     if not 0 <= settings.port <= 65535:
         raise ConfigError(f"--port: out of range: {settings.port}")
     if (

@@ -73,7 +73,9 @@ if [ -z "$CHROMIUM_BIN" ]; then
     exit 1
 fi
 
-size=${XVFB_SCREEN%x*}                         # 1920x1080x24 -> 1920x1080
+# The screen's current size (PATCH /display may have changed it), else the configured one.
+size=$(xdpyinfo -display "$DISPLAY" 2>/dev/null | awk '/dimensions:/ { print $2; exit }')
+[ -n "$size" ] || size=${XVFB_SCREEN%x*}       # 1920x1080x24 -> 1920x1080
 cdp_host=${AGENT_CDP_ADDRESS%:*}
 cdp_port=${AGENT_CDP_ADDRESS##*:}
 features=Translate,MediaRouter,DisableLoadExtensionCommandLineSwitch

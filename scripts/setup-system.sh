@@ -10,7 +10,9 @@ packages=(
   # the daemon's virtual environment
   python3 python3-venv python3-dev
   # tests and benchmarks: baselines and helpers
-  xdotool xclip ffmpeg procps shellcheck
+  xdotool xclip procps shellcheck
+  # the daemon records replays with ffmpeg (x11grab, libx264)
+  ffmpeg
   # the image test: podman builds and runs the container, debootstrap makes its base;
   # the deployment test: catatonit for kube play's pause container
   podman runc debootstrap systemd catatonit

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from agent.computer import keys
 from agent.computer.clipboard import Clipboard
@@ -21,12 +21,15 @@ from agent.computer.display import XConnection
 from agent.computer.input import InputSession, input_factory
 from agent.computer.screen import (
     CaptureSession,
+    DamageGrab,
     Region,
     Shot,
     ShotRequest,
     release_free_memory,
 )
 from agent.errors import AgentError, BadRequest, field_error
+
+T = TypeVar("T")
 
 ACTION_TYPES = ("click_mouse", "move_mouse", "type_text", "press_key", "scroll", "drag_mouse",
                 "set_cursor", "sleep")
@@ -271,6 +274,13 @@ class Computer:
         except AgentError:
             pass  # the display is gone: nothing to release
         release_free_memory()
+
+    async def grab_damage(self, full: bool, consume: Callable[[DamageGrab], T]) -> T:
+        """For the live view: what was drawn since its previous grab (screen.py), handed
+        to `consume` on the capture thread (no hop to another thread for the pixels)."""
+        result = await self.reads.run(lambda s: consume(s.grab_damage(full)))
+        self._trim_later()
+        return result
 
     async def display_ok(self) -> None:
         """Raises DisplayUnavailable unless the X server answers a round trip."""

@@ -58,6 +58,22 @@ class ShotRequest:
 
 
 @dataclass(frozen=True)
+class DamageGrab:
+    """What the live view needs after a tick: the screen size, the pointer, and the BGRX
+    pixels of every area drawn on since the previous grab (the whole screen when `full`)."""
+
+    width: int
+    height: int
+    pointer: tuple[int, int]
+    full: bool
+    areas: list[tuple[Region, bytes | bytearray]]
+
+
+# Damage boxes kept for the live view between grabs; past that, one bounding box.
+MAX_LIVE_BOXES = 32
+
+
+@dataclass(frozen=True)
 class Shot:
     data: bytes
     content_type: str
@@ -190,6 +206,22 @@ def encode(image: Image.Image, fmt: str, quality: int | None, pool: Executor | N
     return out.getvalue()
 
 
+def _bounding(boxes: list[Region]) -> Region:
+    left = min(b.x for b in boxes)
+    top = min(b.y for b in boxes)
+    right = max(b.x + b.width for b in boxes)
+    bottom = max(b.y + b.height for b in boxes)
+    return Region(left, top, right - left, bottom - top)
+
+
+def _clip(box: Region, width: int, height: int) -> Region | None:
+    left, top = max(0, box.x), max(0, box.y)
+    right, bottom = min(width, box.x + box.width), min(height, box.y + box.height)
+    if right <= left or bottom <= top:
+        return None
+    return Region(left, top, right - left, bottom - top)
+
+
 def target_size(source: tuple[int, int], width: int | None,
                 height: int | None) -> tuple[int, int] | None:
     """The size that fits `source` within a width x height box, keeping its aspect ratio;
@@ -227,6 +259,8 @@ class CaptureSession:
         self._bands: list[Band] = []
         self._dirty_rows: tuple[int, int] | None = None
         self._grabber: Any = None
+        # For the live view: boxes drawn on since its last grab (None: grab everything).
+        self._live_boxes: list[Region] | None = None
         dpy.sync()
 
     def handle_event(self, event: Any) -> None:
@@ -236,10 +270,16 @@ class CaptureSession:
             if self._dirty_rows is not None:
                 top, bottom = min(top, self._dirty_rows[0]), max(bottom, self._dirty_rows[1])
             self._dirty_rows = (max(0, top), min(self.height, bottom))
+            if self._live_boxes is not None:
+                self._live_boxes.append(Region(int(event.area.x), int(event.area.y),
+                                               int(event.area.width), int(event.area.height)))
+                if len(self._live_boxes) > MAX_LIVE_BOXES:
+                    self._live_boxes = [_bounding(self._live_boxes)]
         elif event.type == X.ConfigureNotify and event.window == self.root:
             self.width, self.height = int(event.width), int(event.height)
             self._dirty = True
             self._bands = []
+            self._live_boxes = None
             self._reset_grabber()
 
     def close(self) -> None:
@@ -305,6 +345,32 @@ class CaptureSession:
             self._cache.pop(next(iter(self._cache)))
         self._cache[request] = shot
         return shot
+
+    def grab_damage(self, full: bool) -> DamageGrab:
+        """The areas drawn on since the previous call (all of the screen when `full`, after
+        a resize, or on the first call), clipped to the screen, with their pixels.
+
+        Two round trips, since the live view calls this many times a second while the X
+        server is busy drawing: the pointer query after DamageSubtract (so the damage is
+        emptied before the capture on mss's own connection starts), and the capture.
+        Notifies still in flight are simply picked up by the next call."""
+        drain_events(self.dpy, self.handle_event)
+        boxes = self._live_boxes
+        everything = full or boxes is None
+        if everything:
+            areas = [Region(0, 0, self.width, self.height)]
+        else:
+            areas = [r for r in (_clip(box, self.width, self.height) for box in boxes or [])
+                     if r is not None]
+        self._live_boxes = []
+        if areas:
+            # Empty the damage region (as _repair, but the screenshot cache keeps its own
+            # dirty flag: the notifies drained above already set it).
+            self.dpy.damage_subtract(self._damage)
+        pointer = self.pointer()
+        grabbed: list[tuple[Region, bytes | bytearray]] = [
+            (area, self._grab_raw(area)[0]) for area in areas]  # fresh buffers, not copied
+        return DamageGrab(self.width, self.height, pointer, everything, grabbed)
 
     def _repair(self) -> None:
         """Empty the damage region before capturing: drawing from now on is reported."""

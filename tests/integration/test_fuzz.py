@@ -167,6 +167,14 @@ def scratch() -> Iterator[str]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.fixture(scope="module")
+def replays_dir() -> Iterator[str]:
+    """The daemon's own directory for recordings (not the browser user's)."""
+    path = tempfile.mkdtemp(prefix="agent-fuzz-replays-")
+    yield f"{path}/replays"
+    shutil.rmtree(path, ignore_errors=True)
+
+
 PROGRAMS = """[program:talker]
 command=/bin/sh -c 'echo ready; exec sleep 3600'
 startsecs=0
@@ -204,7 +212,7 @@ def fuzz_chromium(fuzz_xvfb: Xvfb) -> Iterator[Chromium]:
 
 @pytest.fixture(scope="module")
 def daemon(fuzz_xvfb: Xvfb, fuzz_chromium: Chromium, supervisor: Supervisord,
-           scratch: str) -> Iterator[str]:
+           scratch: str, replays_dir: str) -> Iterator[str]:
     xvfb, chromium = fuzz_xvfb, fuzz_chromium
     port = free_port()
     proc = subprocess.Popen(
@@ -212,7 +220,8 @@ def daemon(fuzz_xvfb: Xvfb, fuzz_chromium: Chromium, supervisor: Supervisord,
          "--cdp-address", chromium.address, "--api-token", TOKEN,
          "--cdp-proxy-port", "0", "--supervisor-socket", supervisor.socket,
          "--extensions-dir", f"{scratch}/extensions", "--log-level", "warning",
-         "--telemetry-dir", f"{scratch}/telemetry"],
+         "--telemetry-dir", f"{scratch}/telemetry",
+         "--replays-dir", replays_dir, "--replay-max-duration", "3"],
         cwd=scratch, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, **browser_user_env(), **playwright_env()},
     )
@@ -262,6 +271,14 @@ def test_no_server_errors_and_answers_match_the_spec(case: Any, daemon: str,
         case.query = {**(case.query or {}), "follow": "false"}  # nor does a telemetry stream
     response = case.call(base_url=daemon, headers={"Authorization": f"Bearer {TOKEN}"},
                          timeout=CALL_TIMEOUT_S)
+    if case.method.upper() == "PATCH" and case.path == "/display":
+        # Give the X server its size back for the examples that follow.
+        restore = urllib.request.Request(
+            daemon + "/display", method="PATCH",
+            data=f'{{"width": {SCREEN_W}, "height": {SCREEN_H}}}'.encode(),
+            headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
+        with urllib.request.urlopen(restore, timeout=30) as answer:
+            assert answer.status == 200
     case.validate_response(
         response,
         checks=[not_a_server_error, status_code_conformance, content_type_conformance,
