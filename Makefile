@@ -4,14 +4,16 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 NODE_DIR := tests/node
+WEB_DIR := web
+SWAGGER_UI := agent/docs/vendor/swagger-ui
 PLAYWRIGHT_DIR := agent/playwright/runtime
 
-.PHONY: all setup system venv node-deps playwright-deps run test lint unit integration security \
-	image-test fuzz soak bench image clean
+.PHONY: all setup system venv node-deps docs-assets playwright-deps run test lint unit integration \
+	security image-test fuzz soak bench image clean
 
 all: test
 
-setup: system venv playwright-deps
+setup: system venv docs-assets playwright-deps
 
 system:
 	bash scripts/setup-system.sh
@@ -29,6 +31,18 @@ node-deps: $(NODE_DIR)/node_modules/.package-lock.json
 
 $(NODE_DIR)/node_modules/.package-lock.json: $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
 	npm ci --prefix $(NODE_DIR) --no-audit --no-fund
+	touch $@
+
+# Swagger UI for /docs, from the npm lockfile in web/, copied into the Python package
+# (package data: `pip install .` and the image take it from there). --ignore-scripts: no
+# install scripts run (swagger-ui-dist depends on a telemetry package's postinstall).
+docs-assets: $(SWAGGER_UI)/.installed
+
+$(SWAGGER_UI)/.installed: $(WEB_DIR)/package.json $(WEB_DIR)/package-lock.json
+	npm ci --prefix $(WEB_DIR) --ignore-scripts --no-audit --no-fund
+	rm -rf $(SWAGGER_UI) && mkdir -p $(SWAGGER_UI)
+	cp $(addprefix $(WEB_DIR)/node_modules/swagger-ui-dist/,swagger-ui-bundle.js swagger-ui-bundle.js.LICENSE.txt swagger-ui.css LICENSE NOTICE) $(SWAGGER_UI)/
+	node -p 'require("./$(WEB_DIR)/node_modules/swagger-ui-dist/package.json").version' > $(SWAGGER_UI)/VERSION
 	touch $@
 
 # playwright-core (no browser download) and esbuild for POST /playwright/execute
@@ -90,4 +104,4 @@ image: setup
 	bash images/build.sh
 
 clean:
-	rm -rf $(VENV) $(NODE_DIR)/node_modules $(PLAYWRIGHT_DIR)/node_modules .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(NODE_DIR)/node_modules $(WEB_DIR)/node_modules $(SWAGGER_UI) $(PLAYWRIGHT_DIR)/node_modules .pytest_cache .mypy_cache .ruff_cache

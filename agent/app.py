@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from agent import __version__
+from agent import __version__, ratelimit
 from agent.appkeys import FS_USER, HEALTH_PROBES, RESIZE_GUARDS, SESSIONS, SETTINGS
 from agent.auth import (
     CREDENTIALS,
@@ -29,6 +29,7 @@ from agent.browser import routes as browser_routes
 from agent.computer import routes as computer_routes
 from agent.config import Settings, check_identity
 from agent.display import routes as display_routes
+from agent.docs import routes as docs_routes
 from agent.errors import AgentError, Forbidden, InternalError, NotFound, TooManyRequests
 from agent.files import routes as files_routes
 from agent.identity import FsUser
@@ -52,7 +53,8 @@ _STATUS_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SLICES = (computer_routes, files_routes, processes_routes, logs_routes, browser_routes,
-          playwright_routes, telemetry_routes, live_routes, display_routes, replays_routes)
+          playwright_routes, telemetry_routes, live_routes, display_routes, replays_routes,
+          docs_routes)
 
 
 def error_response(exc: AgentError, request_id: str | None = None) -> web.Response:
@@ -252,7 +254,9 @@ def limit_connections(server: web.Server, limit: int) -> None:
 def create_app(settings: Settings) -> web.Application:
     check_identity(settings)
     app = web.Application(
-        middlewares=[request_context, errors, origin_guard, auth, stream_slots],
+        # Rate limits count after authentication: the bucket is the accepted token's.
+        middlewares=[request_context, errors, origin_guard, auth, ratelimit.rate_limit,
+                     stream_slots],
         client_max_size=settings.max_body_bytes,
     )
     app[SETTINGS] = settings
@@ -266,6 +270,7 @@ def create_app(settings: Settings) -> web.Application:
     app[CREDENTIALS] = [lambda request: session_scope(request, sessions)]
     app[RESIZE_GUARDS] = []
     app.on_response_prepare.append(_add_request_id)
+    ratelimit.setup(app)
     app.router.add_get("/health", health)
     app.router.add_get("/spec.yaml", get_spec_yaml)
     app.router.add_get("/spec.json", get_spec_json)

@@ -54,6 +54,20 @@ def _opt_str(text: str) -> str | None:
     return text or None
 
 
+def parse_rate(text: str) -> tuple[int, int]:
+    """`6000:1000` → (6000 requests a minute sustained, bursts of 1000)."""
+    per_minute, sep, burst = text.strip().partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        values = int(per_minute), int(burst)
+    except ValueError:
+        raise ConfigError(f"expected PER_MINUTE:BURST (e.g. 6000:1000), got {text!r}") from None
+    if values[0] < 1 or values[1] < 1:
+        raise ConfigError(f"rate and burst must be at least 1: {text!r}")
+    return values
+
+
 MIN_TOKEN_LENGTH = 16
 # What a token may be made of: visible ASCII but the list separators (`,` `:` `#`).
 _TOKEN_OK = re.compile(r"^[!-~]+$")
@@ -154,6 +168,15 @@ OPTIONS: tuple[Option, ...] = (
            "the browser's user: owner of created files, user of spawned processes (as root)"),
     Option("max_body_bytes", "AGENT_MAX_JSON_BYTES", "--max-json-bytes", _int,
            "largest JSON request body accepted (default 1 MiB)"),
+    Option("rate_limits", "AGENT_RATE_LIMITS", "--rate-limits", _bool,
+           "rate limits per token (per client address without one); false turns them off "
+           "(default true)"),
+    Option("rate_limit_read", "AGENT_RATE_LIMIT_READ", "--rate-limit-read", parse_rate,
+           "read requests: PER_MINUTE:BURST (default 6000:1000)"),
+    Option("rate_limit_write", "AGENT_RATE_LIMIT_WRITE", "--rate-limit-write", parse_rate,
+           "write and admin requests: PER_MINUTE:BURST (default 3000:500)"),
+    Option("rate_limit_process", "AGENT_RATE_LIMIT_PROCESS", "--rate-limit-process",
+           parse_rate, "process starts (exec, spawn): PER_MINUTE:BURST (default 600:100)"),
     Option("sse_keepalive_s", "AGENT_SSE_KEEPALIVE", "--sse-keepalive", _float,
            "seconds between SSE keepalive comments (default 15)"),
     # limits a client cannot push past (each answers a clear error; SECURITY.md)
@@ -289,6 +312,10 @@ class Settings:
     default_user: str | None = None
     max_body_bytes: int = 1 << 20
     sse_keepalive_s: float = 15.0
+    rate_limits: bool = True
+    rate_limit_read: tuple[int, int] = (6000, 1000)
+    rate_limit_write: tuple[int, int] = (3000, 500)
+    rate_limit_process: tuple[int, int] = (600, 100)
     max_connections: int = 256
     header_timeout_s: float = 30.0
     body_timeout_s: float = 60.0
@@ -416,6 +443,10 @@ def make_settings(**values: Any) -> Settings:
     settings = Settings(**values, tokens=tokens)
     if settings.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"--log-level: unknown level {settings.log_level!r}")
+    for name in ("rate_limit_read", "rate_limit_write", "rate_limit_process"):
+        per_minute, burst = getattr(settings, name)
+        if per_minute < 1 or burst < 1:
+            raise ConfigError(f"--{name.replace('_', '-')}: rate and burst must be at least 1")
     if settings.playwright_max_executors < 0:
         raise ConfigError("--playwright-max-executors: must be 0 or more")
     if settings.playwright_output_cap < 1:

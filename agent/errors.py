@@ -87,6 +87,10 @@ class TooManyRequests(AgentError):
     code = "too_many_requests"
 
 
+class RateLimited(TooManyRequests):
+    code = "rate_limited"
+
+
 class InternalError(AgentError):
     status = 500
     code = "internal_error"
@@ -113,6 +117,12 @@ class DisplayUnavailable(Unavailable):
 
 class BrowserUnavailable(Unavailable):
     code = "browser_unavailable"
+
+
+class DocsUnavailable(Unavailable):
+    """The /docs page's files are not in this installation."""
+
+    code = "docs_unavailable"
 
 
 def field_error(field: str, message: str, code: str = "invalid_field") -> dict[str, Any]:

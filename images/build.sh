@@ -14,6 +14,8 @@ IMAGE=${IMAGE:-browser-agent:latest}
 TARGETS=${TARGETS:-supervisord systemd}
 
 "$repo/images/build-base.sh"
+# Swagger UI for /docs, from the npm lockfile into the package the image installs.
+make -C "$repo" --no-print-directory docs-assets
 
 # What works on hosts without a registry or with a restricted sandbox: never pull, host
 # network, runc, modest ulimits; the docker format keeps the HEALTHCHECK.

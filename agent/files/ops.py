@@ -40,6 +40,7 @@ from agent.errors import (
     field_error,
 )
 from agent.identity import RESOLVE_NO_SYMLINKS, FsUser, acting_as_root, open_path, run_as
+from agent.paging import Page, paginate
 
 log = logging.getLogger(__name__)
 
@@ -251,21 +252,28 @@ def file_info(path: str) -> dict[str, Any]:
 
 
 def list_files(path: str) -> list[dict[str, Any]]:
+    return list_page(path, None, None).items
+
+
+def list_page(path: str, limit: int | None, cursor: str | None) -> Page[dict[str, Any]]:
+    """Entries in name order, `limit` of them after `cursor` (all when None). Only the
+    names are read for the whole directory; only the page's entries are stat'ed."""
     with mapped(path, "list"):
         refuse_own_proc(path)
         st = os.stat(path)
         if not stat.S_ISDIR(st.st_mode):
             raise BadRequest(f"not a directory: {shown(path)} (use file_info for files)")
+        names = sorted(os.listdir(path))
+        page = paginate(names, key=str, limit=limit, cursor=cursor)
         entries: list[dict[str, Any]] = []
-        with os.scandir(path) as it:
-            for entry in it:
-                try:
-                    entry_st = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue  # removed while listing
-                entries.append(describe(os.path.join(path, entry.name), entry_st, entry.name))
-    entries.sort(key=lambda e: e["name"])
-    return entries
+        for name in page.items:
+            full = os.path.join(path, name)
+            try:
+                entry_st = os.lstat(full)
+            except FileNotFoundError:
+                continue  # removed while listing
+            entries.append(describe(full, entry_st, name))
+    return Page(entries, page.next_cursor)
 
 
 # ---------------------------------------------------------------- directories

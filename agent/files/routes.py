@@ -35,6 +35,7 @@ from agent.files import ops
 from agent.files.archives import DirZip, extract_zip
 from agent.files.watches import WatchManager
 from agent.identity import FsUser
+from agent.paging import next_link
 from agent.spec import RequestTimeout, body_timeout, request_json, request_query
 from agent.sse import last_event_id, open_sse
 from agent.streams import Gap
@@ -160,15 +161,21 @@ async def _read_unsized(request: web.Request, response: web.StreamResponse,
 
 @routes.get("/fs/list_files")
 async def list_files(request: web.Request) -> web.Response:
-    path = ops.check_path(request_query(request)["path"])
+    query = request_query(request)
+    path = ops.check_path(query["path"])
     # Listed and serialised in a thread: a directory of 100,000 entries does not hold up
     # the event loop (and the other requests) while its JSON is built.
-    body = await _fs(request).run(_listing_json, path)
-    return web.Response(body=body, content_type="application/json")
+    body, next_cursor = await _fs(request).run(_listing_json, path, query["limit"],
+                                               query.get("cursor"))
+    response = web.Response(body=body, content_type="application/json")
+    if next_cursor is not None:
+        response.headers["Link"] = next_link(request.rel_url, next_cursor)
+    return response
 
 
-def _listing_json(path: str) -> bytes:
-    return json.dumps(ops.list_files(path)).encode()
+def _listing_json(path: str, limit: int, cursor: str | None) -> tuple[bytes, str | None]:
+    page = ops.list_page(path, limit, cursor)
+    return json.dumps(page.items).encode(), page.next_cursor
 
 
 @routes.get("/fs/file_info")

@@ -253,6 +253,15 @@ def test_generated_token_guards_the_api(box: Container) -> None:
     assert "AGENT_API_TOKEN" not in environ.stdout and "DISPLAY=" in environ.stdout
 
 
+def test_docs_are_served_from_the_image(box: Container) -> None:
+    # Swagger UI is part of the installed package: the explorer works without internet.
+    status, headers, raw = box.request("GET", "/docs", token="")
+    assert status == 200 and headers["Content-Type"].startswith("text/html"), raw[:300]
+    status, headers, raw = box.request("GET", "/docs/swagger-ui-bundle.js", token="")
+    assert status == 200 and len(raw) > 100_000
+    assert headers["Content-Type"].startswith("text/javascript")
+
+
 def test_image_healthcheck_passes(box: Container) -> None:
     result = run("podman", "healthcheck", "run", box.name, check=False)
     assert result.returncode == 0, result.stdout + result.stderr

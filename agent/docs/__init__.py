@@ -1,0 +1,1 @@
+"""The docs slice: an interactive explorer of the daemon's own OpenAPI document."""
