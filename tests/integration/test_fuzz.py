@@ -221,7 +221,10 @@ def daemon(fuzz_xvfb: Xvfb, fuzz_chromium: Chromium, supervisor: Supervisord,
          "--cdp-proxy-port", "0", "--supervisor-socket", supervisor.socket,
          "--extensions-dir", f"{scratch}/extensions", "--log-level", "warning",
          "--telemetry-dir", f"{scratch}/telemetry",
-         "--replays-dir", replays_dir, "--replay-max-duration", "3"],
+         "--replays-dir", replays_dir, "--replay-max-duration", "3",
+         # The fuzzer's flood of requests is not what rate limits are for (their own tests
+         # cover them); a 429 would be an undocumented answer here.
+         "--rate-limits", "false"],
         cwd=scratch, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, **browser_user_env(), **playwright_env()},
     )
