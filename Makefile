@@ -8,7 +8,8 @@ WEB_DIR := web
 SWAGGER_UI := agent/docs/vendor/swagger-ui
 PLAYWRIGHT_DIR := agent/playwright/runtime
 
-.PHONY: all setup system venv node-deps docs-assets playwright-deps run test lint unit integration security image-test bench image clean
+.PHONY: all setup system venv node-deps docs-assets playwright-deps run test lint unit integration \
+	security image-test fuzz soak bench image clean
 
 all: test
 
@@ -74,7 +75,20 @@ image-test: setup
 
 test: setup node-deps lint
 	$(BIN)/pytest tests/unit tests/integration tests/security
+	$(BIN)/pytest -s tests/soak
 	$(BIN)/pytest -m image -s tests/image
+
+# A deeper, randomized spec fuzz for hunting (not part of `make test`, whose fuzz run is
+# derandomized): FUZZ_EXAMPLES examples per operation, a fresh draw each run.
+FUZZ_EXAMPLES ?= 500
+fuzz: setup
+	AGENT_FUZZ_RANDOM=1 AGENT_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) \
+		$(BIN)/pytest -o timeout=7200 tests/integration/test_fuzz.py
+
+# The soak test under faults for 10 minutes (`make test` runs it for 75 s).
+SOAK_SECONDS ?= 600
+soak: setup
+	AGENT_SOAK_SECONDS=$(SOAK_SECONDS) $(BIN)/pytest -s tests/soak
 
 # Every bench/*.py in turn, then one summary table; figures also in bench/results.json.
 bench: setup node-deps

@@ -205,9 +205,6 @@ OPTIONS: tuple[Option, ...] = (
            "largest DevTools message the public DevTools endpoint relays (default 128 MiB)"),
     Option("clipboard_max_bytes", "AGENT_CLIPBOARD_MAX", "--clipboard-max", _int,
            "largest clipboard content read (default 16 MiB)"),
-    Option("output_max_pause_s", "AGENT_OUTPUT_MAX_PAUSE", "--output-max-pause", _float,
-           "seconds slow readers may hold a process's output paused before they stop "
-           "pacing it (default 60)"),
     # files
     Option("zip_max_entries", "AGENT_ZIP_MAX_ENTRIES", "--zip-max-entries", _int,
            "most entries an uploaded zip may hold (default 10000)"),
@@ -224,8 +221,12 @@ OPTIONS: tuple[Option, ...] = (
            "seconds an exited process stays queryable (default 600)"),
     Option("exec_output_cap", "AGENT_EXEC_OUTPUT_CAP", "--exec-output-cap", _int,
            "bytes of stdout and of stderr kept by exec (default 16 MiB each)"),
-    Option("process_buffer_bytes", "AGENT_PROCESS_BUFFER", "--process-buffer", _int,
-           "bytes of output a spawned process keeps for replay (default 8 MiB)"),
+    Option("process_output_bytes", "AGENT_PROCESS_OUTPUT_MAX", "--process-output-max", _int,
+           "bytes of output a spawned process keeps on disk for its readers; beyond it the "
+           "oldest is dropped and readers are told (default 1 GiB)"),
+    Option("process_spool_dir", "AGENT_PROCESS_SPOOL_DIR", "--process-spool-dir", _str,
+           "where the daemon makes its own directory of process output spools (default: "
+           "the system's temporary directory)"),
     Option("kill_grace_s", "AGENT_KILL_GRACE", "--kill-grace", _float,
            "seconds between TERM and KILL when stopping processes (default 5)"),
     Option("adopt_orphans", "AGENT_ADOPT_ORPHANS", "--adopt-orphans", _bool,
@@ -326,7 +327,6 @@ class Settings:
     curl_max_bytes: int = 64 << 20
     cdp_max_message_bytes: int = 128 << 20
     clipboard_max_bytes: int = 16 << 20
-    output_max_pause_s: float = 60.0
     zip_max_entries: int = 10_000
     zip_max_bytes: int = 2 << 30
     watch_buffer: int = 4096
@@ -334,7 +334,8 @@ class Settings:
     max_processes: int = 64
     process_retention_s: float = 600.0
     exec_output_cap: int = 16 << 20
-    process_buffer_bytes: int = 8 << 20
+    process_output_bytes: int = 1 << 30
+    process_spool_dir: str = ""
     kill_grace_s: float = 5.0
     supervisor_socket: str = "/run/browser-agent/supervisor.sock"
     cdp_proxy_host: str | None = None
@@ -478,7 +479,7 @@ def make_settings(**values: Any) -> Settings:
     for opt in OPTIONS:
         value = getattr(settings, opt.name)
         if opt.name.startswith(("max_", "body_", "header_")) or opt.name.endswith(
-                ("_max_bytes", "_max_pause_s")):
+                "_max_bytes"):
             if not value > 0:
                 raise ConfigError(f"{opt.flag} / {opt.env}: must be positive, got {value}")
     for origin in settings.allowed_origins:

@@ -1,4 +1,7 @@
-"""Benchmark of the browser slice, against the obvious alternatives:
+"""Benchmark of the browser slice, against the obvious alternatives, each pair interleaved
+(one of each in turn, so the machine's noise hits both alike) and judged; exits 1 when a
+target is missed (targets: /curl median at most 50 ms; the DevTools endpoint adds at most
+5 ms per round trip and 50 ms per connection, medians):
 
 - POST /curl (a GET through Chromium's network stack, via the daemon) against the same
   GET made directly with aiohttp, both to a local server;
@@ -37,15 +40,19 @@ TOKEN = "bench-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-async def timed(action: Callable[[], Awaitable[Any]], rounds: int, warmup: int = 5
-                ) -> list[float]:
+async def timed_pair(first: Callable[[], Awaitable[Any]],
+                     second: Callable[[], Awaitable[Any]], rounds: int,
+                     warmup: int = 5) -> tuple[list[float], list[float]]:
+    """Both actions timed in turn, `rounds` times each."""
     for _ in range(warmup):
-        await action()
-    samples = []
+        await first()
+        await second()
+    samples: tuple[list[float], list[float]] = ([], [])
     for _ in range(rounds):
-        started = time.perf_counter()
-        await action()
-        samples.append((time.perf_counter() - started) * 1000)
+        for action, into in ((first, samples[0]), (second, samples[1])):
+            started = time.perf_counter()
+            await action()
+            into.append((time.perf_counter() - started) * 1000)
     return samples
 
 
@@ -61,33 +68,41 @@ def browser_url(http_base: str, headers: dict[str, str]) -> str:
         return str(json.loads(resp.read())["webSocketDebuggerUrl"])
 
 
-async def cdp_round_trips(url: str, rounds: int, headers: dict[str, str]) -> list[float]:
-    async with websockets.connect(url, max_size=None, additional_headers=headers) as ws:
+async def cdp_round_trips(direct_url: str, proxied_url: str, rounds: int,
+                          headers: dict[str, str]) -> tuple[list[float], list[float]]:
+    async with websockets.connect(direct_url, max_size=None) as direct, \
+            websockets.connect(proxied_url, max_size=None, additional_headers=headers) as proxied:
         counter = 0
 
-        async def call() -> None:
-            nonlocal counter
-            counter += 1
-            await ws.send(json.dumps({"id": counter, "method": "Browser.getVersion"}))
-            while json.loads(await ws.recv()).get("id") != counter:
-                pass
+        def call(ws: Any) -> Callable[[], Awaitable[None]]:
+            async def one() -> None:
+                nonlocal counter
+                counter += 1
+                await ws.send(json.dumps({"id": counter, "method": "Browser.getVersion"}))
+                while json.loads(await ws.recv()).get("id") != counter:
+                    pass
+            return one
 
-        return await timed(call, rounds)
-
-
-async def cdp_connects(http_base: str, rounds: int, headers: dict[str, str]) -> list[float]:
-    async def connect_and_call() -> None:
-        async with aiohttp.ClientSession(headers=headers) as session:
-            async with session.get(f"{http_base}/json/version") as resp:
-                url = (await resp.json())["webSocketDebuggerUrl"]
-        async with websockets.connect(url, additional_headers=headers) as ws:
-            await ws.send(json.dumps({"id": 1, "method": "Browser.getVersion"}))
-            await ws.recv()
-
-    return await timed(connect_and_call, rounds, warmup=2)
+        return await timed_pair(call(direct), call(proxied), rounds)
 
 
-async def bench(rounds: int, daemon: str, proxy: str, chromium: str) -> None:
+async def cdp_connects(direct_base: str, proxied_base: str, rounds: int,
+                       headers: dict[str, str]) -> tuple[list[float], list[float]]:
+    def connect_and_call(http_base: str, auth: dict[str, str]) -> Callable[[], Awaitable[None]]:
+        async def one() -> None:
+            async with aiohttp.ClientSession(headers=auth) as session:
+                async with session.get(f"{http_base}/json/version") as resp:
+                    url = (await resp.json())["webSocketDebuggerUrl"]
+            async with websockets.connect(url, additional_headers=auth) as ws:
+                await ws.send(json.dumps({"id": 1, "method": "Browser.getVersion"}))
+                await ws.recv()
+        return one
+
+    return await timed_pair(connect_and_call(direct_base, {}),
+                            connect_and_call(proxied_base, headers), rounds, warmup=2)
+
+
+async def bench(rounds: int, daemon: str, proxy: str, chromium: str) -> bool:
     async def hello(request: web.Request) -> web.Response:
         return web.Response(text="hello from the local server")
 
@@ -111,15 +126,14 @@ async def bench(rounds: int, daemon: str, proxy: str, chromium: str) -> None:
                     assert resp.status == 200, body
                     assert body["body"] == "hello from the local server"
 
-            direct_ms = await timed(direct, rounds)
-            curl_ms = await timed(via_curl, rounds)
+            direct_ms, curl_ms = await timed_pair(direct, via_curl, rounds)
 
         direct_ws = await asyncio.to_thread(browser_url, f"http://{chromium}", {})
         proxied_ws = await asyncio.to_thread(browser_url, f"http://{proxy}", AUTH)
-        cdp_direct = await cdp_round_trips(direct_ws, rounds * 4, {})
-        cdp_proxied = await cdp_round_trips(proxied_ws, rounds * 4, AUTH)
-        connect_direct = await cdp_connects(f"http://{chromium}", rounds, {})
-        connect_proxied = await cdp_connects(f"http://{proxy}", rounds, AUTH)
+        cdp_direct, cdp_proxied = await cdp_round_trips(direct_ws, proxied_ws, rounds * 4,
+                                                        AUTH)
+        connect_direct, connect_proxied = await cdp_connects(
+            f"http://{chromium}", f"http://{proxy}", rounds, AUTH)
     finally:
         await runner.cleanup()
 
@@ -134,9 +148,20 @@ async def bench(rounds: int, daemon: str, proxy: str, chromium: str) -> None:
           f"{statistics.median(cdp_proxied) - statistics.median(cdp_direct):9.2f} ms")
     print(row("connect + first call, Chromium's endpoint", connect_direct))
     print(row("connect + first call, daemon's DevTools endpoint", connect_proxied))
+    median = statistics.median
+    targets = {
+        "/curl median <= 50 ms": median(curl_ms) <= 50,
+        "DevTools endpoint adds <= 5 ms per round trip (medians)":
+            median(cdp_proxied) - median(cdp_direct) <= 5,
+        "DevTools endpoint adds <= 50 ms per connection (medians)":
+            median(connect_proxied) - median(connect_direct) <= 50,
+    }
+    for name, ok in targets.items():
+        print(f"{'OK  ' if ok else 'MISS'} {name}")
+    return all(targets.values())
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=50)
     args = parser.parse_args()
@@ -162,12 +187,13 @@ def main() -> None:
 
         try:
             wait_until(healthy, timeout=30, what="the daemon and its DevTools connection")
-            asyncio.run(bench(args.rounds, base, f"127.0.0.1:{proxy_port}",
-                              chromium.address))
+            ok = asyncio.run(bench(args.rounds, base, f"127.0.0.1:{proxy_port}",
+                                   chromium.address))
         finally:
             daemon.terminate()
             daemon.wait(30)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -266,7 +266,7 @@ def mib(value: float) -> str:
     return f"{value / MIB:8.1f} MiB"
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mib", type=int, default=1024, help="transfer size (1024)")
     parser.add_argument("--dir", default=None, help="work directory (default: a temp dir)")
@@ -318,6 +318,21 @@ def main() -> None:
           f"+ {len(markers)} OVERFLOW marker(s) reporting {missed} missed "
           f"(buffer 4096 events; {creates + missed} accounted for)")
 
+    live_creates, live_markers = many["live"]
+    targets = {
+        "daemon RSS above idle <= 100 MiB (write, read, dir zip)": max(
+            t["write_rss"], t["read_rss"], t["zip_rss"]) - t["idle_rss"] <= 100 * MIB,
+        "dir zip entries verified": bool(t["zip_ok"]),
+        "write -> watch event median <= 100 ms": statistics.median(latency) <= 100,
+        "every CREATE reaches a connected reader": live_creates == args.files
+        and not live_markers,
+        "a late reader accounts for every file (events + missed)": creates + missed
+        == args.files,
+    }
+    for name, ok in targets.items():
+        print(f"{'OK  ' if ok else 'MISS'} {name}")
+    return 0 if all(targets.values()) else 1
+
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

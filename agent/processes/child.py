@@ -125,7 +125,11 @@ class Child:
             return False
         try:
             os.killpg(self.pid, sig)
-        except (ProcessLookupError, PermissionError):
+        except ProcessLookupError:
+            # A terminal's child is not a group leader until its `setsid` helper ran: then
+            # it alone (not reaped yet, so the pid is still this child's).
+            return self.status is None and _kill(self.pid, sig)
+        except PermissionError:
             return False
         return True
 

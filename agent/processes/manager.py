@@ -1,5 +1,5 @@
 """The process table: exec (run to completion, capped output), spawn (with pipes or a PTY,
-output in a replay buffer), stdin, signals, resize, status; retention of exited processes;
+output spooled to disk), stdin, signals, resize, status; retention of exited processes;
 a cap on live ones; and an orderly stop of every child when the daemon stops.
 
 A process's life never depends on an HTTP connection: the table owns it, its output pump
@@ -29,9 +29,10 @@ from agent.config import Settings
 from agent.errors import BadRequest, Conflict, NotFound, TooManyRequests, Unavailable, field_error
 from agent.processes import pty
 from agent.processes.child import SIGNALS, Child, ExitStatus, live_sessions, terminate_all
-from agent.processes.launch import Command, resolve, start
+from agent.processes.launch import Command, Launch, resolve, start
 from agent.processes.orphans import OrphanReaper
-from agent.processes.output import CappedBuffer, OutputBuffer, OutputPump
+from agent.processes.output import CappedBuffer, OutputPump
+from agent.processes.spool import Spool, SpoolDirectory, record_owner
 
 log = logging.getLogger(__name__)
 
@@ -130,35 +131,29 @@ def tree_usage(pid: int) -> tuple[float, int] | None:
 
 
 class ManagedProcess:
-    """A spawned process: its child, output buffer and pump, stdin, and terminal."""
+    """A spawned process: its child, output spool and pump, stdin, and terminal."""
 
     def __init__(
         self,
+        process_id: str,
         child: Child,
         out_fds: dict[str, int],
         stdin_fd: int,
         master_fd: int | None,
-        buffer_bytes: int,
-        stall_s: float,
+        spool: Spool,
         stdin_timeout_s: float,
-        max_pause_s: float = 60.0,
     ) -> None:
-        self.id = str(uuid.uuid4())
+        self.id = process_id
         self.child = child
         self.started_at = datetime.now(UTC)
-        self.output = OutputBuffer(buffer_bytes)
-        self.output.on_progress = self._on_progress
+        self.output = spool
         self._stdin_fd: int | None = stdin_fd  # a pipe's write end, or the PTY master
         self._master_fd = master_fd
         self.tty = master_fd is not None
         self._stdin_lock = asyncio.Lock()
         self._stdin_timeout_s = stdin_timeout_s
-        self._stall_s = stall_s
-        self._max_pause_s = max_pause_s  # AGENT_OUTPUT_MAX_PAUSE
-        self._paused_at = 0.0
-        self._stall_timer: asyncio.TimerHandle | None = None
         self._cpu_mark = (child.started, 0.0)
-        self._pump = OutputPump(out_fds, self._sink)
+        self._pump = OutputPump(out_fds, spool.append)
 
     @property
     def pid(self) -> int:
@@ -167,48 +162,6 @@ class ManagedProcess:
     @property
     def exited(self) -> bool:
         return self.child.status is not None
-
-    # --- output pacing ------------------------------------------------------------
-
-    def _sink(self, stream: str, data: bytes) -> None:
-        self.output.append(stream, data)
-        if self.output.must_pause():
-            if not self._pump.paused:
-                self._paused_at = time.monotonic()
-            self._pump.pause()
-            self._arm_stall_timer()
-
-    def _on_progress(self) -> None:
-        if self._pump.paused and self.output.may_resume():
-            self._resume()
-
-    def _resume(self) -> None:
-        if self._stall_timer is not None:
-            self._stall_timer.cancel()
-            self._stall_timer = None
-        self._pump.resume()
-
-    def _arm_stall_timer(self) -> None:
-        if self._stall_timer is None:
-            loop = asyncio.get_running_loop()
-            left = self._max_pause_s - (time.monotonic() - self._paused_at)
-            self._stall_timer = loop.call_later(max(min(self._stall_s, left), 0.01),
-                                                self._stalled)
-
-    def _stalled(self) -> None:
-        self._stall_timer = None
-        if not self._pump.paused:
-            return
-        released = self.output.release_stalled(self._stall_s)
-        if time.monotonic() - self._paused_at >= self._max_pause_s:
-            # Readers that keep making slow progress: the pause has lasted its bound.
-            released += self.output.release_stalled(0.0)
-        if released:
-            log.info("process %s: %d stalled readers no longer pace it", self.id, released)
-        if self.output.may_resume():
-            self._resume()
-        else:
-            self._arm_stall_timer()
 
     # --- life -----------------------------------------------------------------------
 
@@ -219,9 +172,6 @@ class ManagedProcess:
             await self._pump.drained(self.child.exit_future, linger_s)
         finally:
             self._pump.close()
-            if self._stall_timer is not None:
-                self._stall_timer.cancel()
-                self._stall_timer = None
             self.output.finish(status)
             async with self._stdin_lock:
                 self._close_stdin()
@@ -233,11 +183,11 @@ class ManagedProcess:
         self._master_fd = None
 
     def close(self) -> None:
-        """Release the fds at daemon shutdown (after the process was stopped)."""
+        """Release the fds and delete the spool (forgotten, or daemon shutdown after the
+        process was stopped)."""
         self._pump.close()
-        if self._stall_timer is not None:
-            self._stall_timer.cancel()
         self._close_stdin()
+        self.output.close()
 
     def _exited_conflict(self) -> Conflict:
         status = self.child.status
@@ -322,14 +272,10 @@ class ProcessManager:
         self,
         settings: Settings,
         *,
-        stall_s: float = 30.0,
-        max_pause_s: float | None = None,
         linger_s: float = 0.5,
         stdin_timeout_s: float = 10.0,
     ) -> None:
         self._settings = settings
-        self._stall_s = stall_s
-        self._max_pause_s = settings.output_max_pause_s if max_pause_s is None else max_pause_s
         self._linger_s = linger_s
         self._stdin_timeout_s = stdin_timeout_s
         self._procs: dict[str, ManagedProcess] = {}
@@ -337,19 +283,24 @@ class ProcessManager:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._timers: dict[str, asyncio.TimerHandle] = {}
         # Exited processes in the order they exited; beyond as many as may run at once the
-        # oldest are forgotten early, so output kept for replay is bounded by
-        # 2 × max_processes × process_buffer_bytes however many processes come and go.
+        # oldest are forgotten early, so output kept on disk is bounded by
+        # 2 × max_processes × process_output_bytes however many processes come and go.
         self._retained: dict[str, None] = {}
         self._retained_limit = max(settings.max_processes, 1)
         self._closing = False
         self._stopping: asyncio.Task[None] | None = None
         self._orphans = OrphanReaper() if settings.adopt_orphans else None
+        self._spools: SpoolDirectory | None = None
 
     def start(self) -> None:
         """With `adopt_orphans`, descendants that leave their session are adopted, reaped
         when they exit, and stopped at shutdown too (see `orphans`)."""
         if self._orphans is not None:
             self._orphans.start()
+        try:  # now: it also stops what a daemon that died before this one left running
+            self._spools = SpoolDirectory(self._settings.process_spool_dir)
+        except OSError as exc:
+            log.warning("cannot create the process output spool directory: %s", exc)
 
     # --- table ----------------------------------------------------------------------
 
@@ -463,12 +414,31 @@ class ProcessManager:
         settings = self._settings
         launch = resolve(cmd, display=settings.display, default_user=settings.default_user,
                          tty=tty is not None)
+        process_id = str(uuid.uuid4())
+        spool = self._spool(process_id)
+        try:
+            return self._start_spawned(process_id, launch, spool, cmd, tty)
+        except BaseException:
+            spool.close()
+            raise
+
+    def _spool(self, process_id: str) -> Spool:
+        try:
+            if self._spools is None:
+                self._spools = SpoolDirectory(self._settings.process_spool_dir)
+            return Spool(self._spools.path_for(process_id),
+                         self._settings.process_output_bytes)
+        except OSError as exc:
+            raise Unavailable(f"cannot create the output spool: {exc.strerror}") from None
+
+    def _start_spawned(self, process_id: str, launch: Launch, spool: Spool, cmd: Command,
+                       tty: TtySize | None) -> ManagedProcess:
         master_fd: int | None = None
         if tty is not None:
             owner = launch.identity.uid if launch.identity.switch else None
             master, slave = pty.open_pty(tty.rows, tty.cols, owner)
             try:
-                popen = start(launch, slave, slave, slave, pty.take_controlling_terminal)
+                popen = start(launch, slave, slave, slave, tty=True)
                 reader = os.dup(master)
             except BaseException:
                 _close_quietly(master)
@@ -491,9 +461,12 @@ class ProcessManager:
             out_fds = {"stdout": out_r, "stderr": err_r}
             stdin_fd = in_w
         os.set_blocking(stdin_fd, False)
-        proc = ManagedProcess(Child(popen), out_fds, stdin_fd, master_fd,
-                              settings.process_buffer_bytes, self._stall_s,
-                              self._stdin_timeout_s, self._max_pause_s)
+        try:
+            record_owner(spool.directory, popen.pid)
+        except OSError as exc:
+            log.warning("process %s: cannot record its pid in the spool: %s", process_id, exc)
+        proc = ManagedProcess(process_id, Child(popen), out_fds, stdin_fd, master_fd, spool,
+                              self._stdin_timeout_s)
         self._procs[proc.id] = proc
         self._track(self._supervise(proc))
         if cmd.timeout_s is not None:
@@ -549,3 +522,6 @@ class ProcessManager:
             proc.child.abandon()
         for child in self._execs:
             child.abandon()
+        self._procs.clear()
+        if self._spools is not None:
+            self._spools.remove()

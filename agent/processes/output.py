@@ -1,12 +1,6 @@
-"""A process's output: pumped from its pipes (or PTY) on the event loop into a bounded
-replay buffer that any number of readers follow.
-
-Pacing: a process nobody reads never blocks, the buffer just keeps the newest bytes. While
-readers follow, the pump stops reading the pipe when the slowest of them falls behind by
-more than 3/4 of the buffer, and resumes below 1/2, so readers that keep up, however slowly,
-get every byte instead of a gap. A reader that makes no progress for `stall_s` stops pacing
-the process (it will then see an explicit gap marker if it falls out of the buffer).
-"""
+"""A process's output: the events a reader gets (chunks, the exit, gaps), the pump that
+reads a process's pipes (or PTY) on the event loop, and exec's capped buffer. Spawned
+processes keep their output in a spool on disk (`spool`)."""
 
 from __future__ import annotations
 
@@ -17,20 +11,15 @@ import errno
 import logging
 import os
 import time
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from agent.errors import BadRequest
 from agent.processes.child import ExitStatus
-from agent.streams import EventLog, Gap
 
 log = logging.getLogger(__name__)
 
 READ_SIZE = 1 << 20
-# Bookkeeping per entry counted against the buffer's byte budget, so that a chatty process
-# writing one byte at a time is bounded as well as one writing megabytes.
-ENTRY_OVERHEAD = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,8 +45,9 @@ class Exited:
 
 @dataclass(frozen=True, slots=True)
 class Missed:
-    """Entries evicted before this reader saw them; bytes when the reader's position is known
-    (always, unless it resumed from a Last-Event-ID that is gone)."""
+    """Events gone before this reader got them (dropped for the spool's cap, or never
+    written); bytes when the reader's position is known (always, unless it resumed from a
+    Last-Event-ID that is gone)."""
 
     events: int
     bytes: int | None
@@ -78,107 +68,11 @@ def event_json(item: Chunk | Exited | Missed) -> dict[str, Any]:
     return body
 
 
-def _cost(item: Item) -> int:
-    return (len(item.data) if isinstance(item, Chunk) else 0) + ENTRY_OVERHEAD
-
-
-class _Cursor:
-    __slots__ = ("offset", "paces", "progressed", "seq")
-
-    def __init__(self) -> None:
-        self.seq: int | None = None  # last entry consumed; None before the first
-        self.offset = 0
-        self.paces = True
-        self.progressed = time.monotonic()
-
-
-class OutputBuffer:
-    def __init__(self, max_bytes: int) -> None:
-        self._max = max(max_bytes, 4 * ENTRY_OVERHEAD)
-        self._log: EventLog[Item] = EventLog(self._max // ENTRY_OVERHEAD + 1, self._max, _cost)
-        self._cursors: set[_Cursor] = set()
-        self.total = 0
-        self.on_progress: Callable[[], None] | None = None
-
-    @property
-    def last_seq(self) -> int:
-        return self._log.last_seq
-
-    @property
-    def first_seq(self) -> int:
-        return self._log.first_seq
-
-    def append(self, stream: str, data: bytes) -> None:
-        self._log.append(Chunk(stream, data, self.total))
-        self.total += len(data)
-
-    def finish(self, status: ExitStatus) -> None:
-        if not self._log.closed:
-            self._log.append(Exited(status, self.total))
-            self._log.close()
-
-    def _lag(self, cursor: _Cursor) -> int:
-        if cursor.seq is None:
-            return 0
-        return self.total - cursor.offset + ENTRY_OVERHEAD * (self._log.last_seq - cursor.seq)
-
-    def must_pause(self) -> bool:
-        limit = self._max * 3 // 4
-        return any(c.paces and self._lag(c) > limit for c in self._cursors)
-
-    def may_resume(self) -> bool:
-        limit = self._max // 2
-        return all(not c.paces or self._lag(c) <= limit for c in self._cursors)
-
-    def release_stalled(self, stall_s: float) -> int:
-        """Readers without progress for `stall_s` stop pacing; how many were released."""
-        now = time.monotonic()
-        released = 0
-        for cursor in self._cursors:
-            if cursor.paces and now - cursor.progressed >= stall_s and self._lag(cursor):
-                cursor.paces = False
-                released += 1
-        return released
-
-    def check_resume_point(self, after: int) -> None:
-        if after > self._log.last_seq:
-            raise BadRequest(f"Last-Event-ID {after} is beyond the newest event "
-                             f"{self._log.last_seq} of this process")
-
-    async def read(self, after: int = 0) -> AsyncGenerator[tuple[int | None, Item | Missed]]:
-        """(sequence, item) from after `after` to the exit; a `Missed` (sequence None) stands
-        for entries evicted before this reader got them."""
-        cursor = _Cursor()
-        self._cursors.add(cursor)
-        known: int | None = 0 if after == 0 else None
-        pending: Gap | None = None
-        try:
-            async for entry in self._log.follow(after):
-                if isinstance(entry, Gap):
-                    pending = entry
-                    continue
-                item = entry.item
-                if pending is not None:
-                    missed = None if known is None else item.offset - known
-                    yield None, Missed(pending.missed, missed)
-                    pending = None
-                if cursor.seq is None:
-                    cursor.seq, cursor.offset = entry.seq - 1, item.offset
-                yield entry.seq, item
-                cursor.seq, cursor.offset = entry.seq, item.end
-                cursor.progressed = time.monotonic()
-                known = item.end
-                if self.on_progress is not None:
-                    self.on_progress()
-        finally:
-            self._cursors.discard(cursor)
-            if self.on_progress is not None:
-                self.on_progress()
-
-
 class OutputPump:
     """Reads non-blocking fds from the event loop and hands each chunk to `sink`; owns and
-    closes the fds. A PTY master reports the end of output as EIO, taken as EOF."""
+    closes the fds. A PTY master reports the end of output as EIO, taken as EOF. The sink
+    never blocks (a spool on disk, or exec's capped buffer), so the pump never pauses: a
+    process is never held back by its readers."""
 
     def __init__(self, streams: Mapping[str, int], sink: Callable[[str, bytes], None],
                  read_size: int = READ_SIZE) -> None:
@@ -186,16 +80,11 @@ class OutputPump:
         self._fds = dict(streams)
         self._sink = sink
         self._read_size = read_size
-        self._paused = False
         self._changed = asyncio.Event()
         self.last_data = time.monotonic()
         for name, fd in self._fds.items():
             os.set_blocking(fd, False)
             self._loop.add_reader(fd, self._readable, name)
-
-    @property
-    def paused(self) -> bool:
-        return self._paused
 
     @property
     def open(self) -> bool:
@@ -223,33 +112,16 @@ class OutputPump:
         fd = self._fds.pop(name, None)
         if fd is None:
             return
-        if not self._paused:
-            self._loop.remove_reader(fd)
+        self._loop.remove_reader(fd)
         os.close(fd)
         self._changed.set()
 
-    def pause(self) -> None:
-        if not self._paused:
-            self._paused = True
-            for fd in self._fds.values():
-                self._loop.remove_reader(fd)
-
-    def resume(self) -> None:
-        if self._paused:
-            self._paused = False
-            for name, fd in self._fds.items():
-                self._loop.add_reader(fd, self._readable, name)
-            self._changed.set()
-
     async def drained(self, exited: asyncio.Future[Any], linger_s: float) -> None:
         """After the process exited: until every stream hit EOF, or nothing came for
-        `linger_s` while not paused (a background grandchild still holds the pipe)."""
+        `linger_s` (a background grandchild still holds the pipe)."""
         await asyncio.shield(exited)
         while self._fds:
             self._changed.clear()
-            if self._paused:
-                await self._changed.wait()
-                continue
             remaining = linger_s - (time.monotonic() - self.last_data)
             if remaining <= 0:
                 return

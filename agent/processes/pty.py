@@ -42,12 +42,6 @@ def open_pty(rows: int, cols: int, owner_uid: int | None = None) -> tuple[int, i
     return master, slave
 
 
-def take_controlling_terminal() -> None:
-    """Runs in the child between fork and exec, after setsid: stdin (the PTY slave) becomes
-    the session's controlling terminal, so job control, /dev/tty and ^C work."""
-    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-
-
 def eof_byte(fd: int) -> bytes:
     """The terminal's EOF character (VEOF, ^D unless changed with stty)."""
     value = termios.tcgetattr(fd)[6][termios.VEOF]

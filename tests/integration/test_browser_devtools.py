@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from aiohttp.test_utils import TestClient
 from browser_support import SupervisedChromium, supervised_chromium
@@ -89,10 +90,13 @@ async def test_browser_get_version_works_through_the_endpoint_and_after_a_restar
                            what="the daemon's DevTools connection")
     generation, pid = cdp.generation, supervised.chromium_pid()
     direct_before = supervised.version()
+    assert direct_before
     await restart_chromium(supervised)
     assert supervised.chromium_pid() != pid
-    direct_after = supervised.version()
-    assert direct_before and direct_after
+    # The new Chromium answers when it is ready, not necessarily at once.
+    direct_after = await async_wait_until(
+        lambda: asyncio.to_thread(supervised.version), timeout=30,
+        what="the restarted Chromium to answer /json/version")
     # Chromium's own URL changed (a new browser id) ...
     assert direct_after["webSocketDebuggerUrl"] != direct_before["webSocketDebuggerUrl"]
     # ... the one the daemon handed out still works.
@@ -231,10 +235,17 @@ async def test_puppeteer_connects_through_the_endpoint(
 
 async def test_port_zero_turns_the_endpoint_off(
         make_client: MakeClient, supervised: SupervisedChromium) -> None:
+    def listening() -> set[tuple[str, int]]:
+        return {(c.laddr.ip, c.laddr.port) for c in psutil.Process().net_connections("tcp")
+                if c.status == psutil.CONN_LISTEN}
+
+    before = listening()
     api = await make_client(display=supervised.display, cdp_address=supervised.address,
                             cdp_proxy_port=0)
     health = await (await api.get("/health")).json()
     assert health["devtools"]["proxy"] == "off"
+    # Nothing listens but the API itself: no DevTools endpoint on any port.
+    assert listening() - before == {("127.0.0.1", api.port)}
 
 
 async def test_a_taken_port_is_reported_not_fatal(

@@ -101,5 +101,8 @@ async def test_empty_clipboard_reads_as_empty_text(make_client: Any) -> None:
     with running_xvfb(320, 240) as server:
         c = await make_client(display=server.name, cdp_proxy_port=0)
         assert await post(c, "/computer/clipboard/read") == {"text": ""}
+        # Writing "" replaces what was there (not a no-op that reads as empty by luck).
+        await post(c, "/computer/clipboard/write", {"text": "not empty"})
+        assert await post(c, "/computer/clipboard/read") == {"text": "not empty"}
         await post(c, "/computer/clipboard/write", {"text": ""})
         assert await post(c, "/computer/clipboard/read") == {"text": ""}

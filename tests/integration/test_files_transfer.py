@@ -4,6 +4,7 @@ every accepted form, zip uploads against hostile archives, streamed directory zi
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import os
 import stat
@@ -110,22 +111,27 @@ async def test_concurrent_writers_never_interleave(client: TestClient[Any, Any],
 
 
 async def test_large_write_and_read_stream(client: TestClient[Any, Any], tmp_path: Path) -> None:
-    block = os.urandom(1 << 20)
+    # 64 different blocks: a block lost, repeated or out of order changes the digest.
+    blocks = [os.urandom(1 << 20) for _ in range(64)]
+    expected = hashlib.sha256(b"".join(blocks)).hexdigest()
 
     async def body() -> AsyncIterator[bytes]:
-        for _ in range(64):
+        for block in blocks:
             yield block
 
     target = tmp_path / "big"
     resp = await client.put("/fs/write_file", params={"path": str(target)}, data=body())
-    assert resp.status == 201 and target.stat().st_size == 64 << 20
+    assert resp.status == 201
+    on_disk = await asyncio.to_thread(lambda: hashlib.sha256(target.read_bytes()).hexdigest())
+    assert on_disk == expected
     resp = await client.get("/fs/read_file", params={"path": str(target)})
     assert resp.headers["Content-Length"] == str(64 << 20)
+    digest = hashlib.sha256()
     received = 0
     async for chunk in resp.content.iter_chunked(1 << 20):
-        assert chunk == block[received % (1 << 20):][:len(chunk)] or len(chunk) < (1 << 20)
+        digest.update(chunk)
         received += len(chunk)
-    assert received == 64 << 20
+    assert received == 64 << 20 and digest.hexdigest() == expected
 
 
 # ---------------------------------------------------------------- upload

@@ -301,3 +301,29 @@ async def test_integral_floats_are_integers(make_client: MakeClient) -> None:
     assert resp.status == 200
     await write_stdin(client, process_id, "\n")
     assert (await read_all(client, process_id)).output().endswith(b"31 91\r\n")
+
+
+async def test_websocket_attach_reports_dropped_output_as_a_gap(
+        make_client: MakeClient) -> None:
+    """Output beyond the spool's cap is gone before the attach: the first message says how
+    much was missed, then the output still held follows, then the exit."""
+    client = await make_client(process_output_bytes=1 << 20)
+    total = 8 * 1000 * 1000
+    process_id = await spawn(client, command="sh",
+                             args=["-c", f"head -c {total} /dev/zero; printf END"])
+    assert (await wait_exited(client, process_id, timeout=30))["exit_code"] == 0
+    received = bytearray()
+    texts: list[dict[str, Any]] = []
+    async with client.ws_connect(f"/process/{process_id}/attach", headers=ADMIN) as ws:
+        async for msg in ws:
+            if msg.type == aiohttp.WSMsgType.BINARY:
+                received += msg.data
+            elif msg.type == aiohttp.WSMsgType.TEXT:
+                texts.append(json.loads(msg.data))
+                if not received:
+                    assert texts[0]["type"] == "gap", "the gap comes before any output"
+    assert [t["type"] for t in texts] == ["gap", "exit"]
+    gap = texts[0]
+    assert gap["missed_events"] > 0
+    assert gap["missed_bytes"] + len(received) == total + 3
+    assert received.endswith(b"END") and len(received) <= 1 << 20

@@ -6,7 +6,9 @@ get TERM, then KILL after the grace period. Adopted orphans are reaped while it 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -249,3 +251,94 @@ async def test_orphans_are_reaped_and_exit_codes_stay_right(tmp_path: Path,
         assert len(processes_with_env(marker)) == 4
         await daemon.stop()
     assert processes_with_env(marker) == [], "orphans left after the daemon stopped"
+
+
+async def test_sigterm_under_load_ends_every_client_cleanly(tmp_path: Path,
+                                                           marker: str) -> None:
+    """SIGTERM while output streams are followed, uploads and a file write are half sent,
+    and spawns keep coming: every stream ends with its process's exit event, every upload
+    is placed whole or not at all (and leaves no staging file), spawns are refused or
+    answered, and the daemon exits 0 within its grace time."""
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    owner = os.stat(tmp_path)  # the browser user's, as file operations act as that user
+    os.chown(dest, owner.st_uid, owner.st_gid)
+    first_part = os.urandom(1 << 20)
+    hold = asyncio.Event()  # the half-sent bodies never finish on their own
+
+    async def half_sent() -> AsyncIterator[bytes]:
+        yield first_part
+        await hold.wait()
+        yield b"never"
+
+    async with running_daemon(tmp_path, marker) as daemon:
+        session = daemon.session
+
+        async def follow(process_id: str) -> list[dict[str, Any]]:
+            events = []
+            async with session.get(f"/process/{process_id}/stdout/stream") as resp:
+                assert resp.status == 200
+                async for line in resp.content:
+                    if line.startswith(b"data: "):
+                        events.append(json.loads(line[6:]))
+            return events
+
+        ticking = [await daemon.call("/process/spawn", {
+            "command": "sh", "args": ["-c", "while :; do echo tick; sleep 0.05; done"]})
+            for _ in range(3)]
+        streams = [asyncio.ensure_future(follow(p["process_id"])) for p in ticking]
+
+        async def upload(n: int) -> int:
+            form = aiohttp.FormData()
+            form.add_field("files[0][file]", half_sent(), filename="x")
+            form.add_field("files[0][dest_path]", str(dest / f"upload-{n}"))
+            with contextlib.suppress(aiohttp.ClientError):
+                async with session.post("/fs/upload", data=form) as resp:
+                    return resp.status
+            return 0
+
+        async def write() -> int:
+            with contextlib.suppress(aiohttp.ClientError):
+                async with session.put(f"/fs/write_file?path={dest}/written",
+                                       data=half_sent()) as resp:
+                    return resp.status
+            return 0
+
+        transfers = [asyncio.ensure_future(upload(n)) for n in range(2)]
+        transfers.append(asyncio.ensure_future(write()))
+        spawned: list[int] = []
+
+        async def keep_spawning() -> None:
+            while daemon.proc.poll() is None:
+                try:
+                    async with session.post("/process/spawn", json={
+                            "command": "true", "env": daemon.env}) as resp:
+                        spawned.append(resp.status)
+                except aiohttp.ClientError:
+                    return
+                await asyncio.sleep(0.02)
+
+        spawner = asyncio.ensure_future(keep_spawning())
+        await async_wait_until(lambda: any(tmp_path.rglob(".agent-upload-*")), timeout=15,
+                               what="the uploads to reach the disk")
+        await async_wait_until(lambda: len(spawned) >= 3, timeout=15, what="spawns")
+
+        started = time.monotonic()
+        await daemon.stop()
+        stopped_in = time.monotonic() - started
+        hold.set()
+        results = await asyncio.wait_for(asyncio.gather(*streams, *transfers, spawner,
+                                                        return_exceptions=True), 15)
+    assert stopped_in < 10, stopped_in  # kill grace 1 s, handlers' shutdown timeout 3 s
+    for events in results[:3]:
+        assert isinstance(events, list), events
+        assert events and events[-1] == {"event": "exit", "exit_code": 128 + 15}, events[-3:]
+        assert all(base64.b64decode(e["data_b64"]).strip(b"tick\n") == b""
+                   for e in events[:-1])
+    for status_code in results[3:6]:
+        assert status_code in (0, 503), status_code  # cut off, or refused: never placed
+    # The bodies never completed: nothing placed, and no staging file left behind.
+    assert await asyncio.to_thread(lambda: sorted(p.name for p in dest.iterdir())) == []
+    assert not await asyncio.to_thread(lambda: list(tmp_path.rglob(".agent-upload-*")))
+    assert set(spawned) <= {200, 503}, spawned
+    assert processes_with_env(marker) == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pwd
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,86 @@ def test_start_runs_in_a_new_session() -> None:
     finally:
         popen.kill()
         popen.wait()
+
+
+def _as_nobody(command: str, *args: str, cwd: str = "/") -> Launch:
+    return resolve(Command(command, list(args), cwd=cwd, as_user="nobody"), display=":0",
+                   default_user=None, tty=False)
+
+
+def _run(launch: Launch, tty: bool = False) -> str:
+    read_end, write_end = os.pipe()
+    try:
+        popen = start(launch, subprocess.DEVNULL, write_end, write_end, tty=tty)
+    finally:
+        os.close(write_end)
+    with os.fdopen(read_end, "rb") as output:
+        text = output.read().decode()
+    assert popen.wait(10) == 0, text
+    return text
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching user needs root")
+def test_start_switches_user_groups_and_session_without_forking_python() -> None:
+    """As root, another user's process gets that user's uid, gid and groups (none beyond
+    its own here), leads a new session, and the command keeps its argv."""
+    text = _run(_as_nobody("sh", "-c", 'echo $(id -u) $(id -g) "$(id -G)"; '
+                                       'ps -o sid=,pgid= -p $$; echo "$0"'))
+    ids, session, name = text.splitlines()
+    assert ids == "65534 65534 65534"
+    sid, pgid = session.split()
+    assert sid == pgid  # its own session and group
+    assert name == "sh"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching user needs root")
+def test_launch_failures_as_another_user_name_the_field() -> None:
+    with tempfile.TemporaryDirectory() as scratch:  # pytest's own tmp is root-only
+        os.chmod(scratch, 0o755)
+        check_failures_as_nobody(Path(scratch))
+
+
+def check_failures_as_nobody(tmp_path: Path) -> None:
+    private = tmp_path / "root-only"
+    private.write_text("#!/bin/sh\necho hi\n")
+    private.chmod(0o700)
+    for command, code in (("no-such-command-xyz", "command_not_found"),
+                          (str(tmp_path / "missing"), "command_not_found"),
+                          (str(private), "bad_request"),
+                          (str(tmp_path), "bad_request")):
+        with pytest.raises(BadRequest) as info:
+            start(_as_nobody(command), subprocess.DEVNULL, subprocess.DEVNULL,
+                  subprocess.DEVNULL)
+        assert info.value.code == code, command
+        assert info.value.details and info.value.details[0]["field"] == "command"
+    private.chmod(0o755)
+    assert _run(_as_nobody(str(private))) == "hi\n"
+    assert _run(_as_nobody("./root-only", cwd=str(tmp_path))) == "hi\n"
+
+
+def test_a_terminal_becomes_the_controlling_terminal() -> None:
+    from agent.processes import pty
+
+    master, slave = pty.open_pty(24, 80)
+    try:
+        launch = _launch("sh")
+        launch.argv.extend(["-c", "tty; ps -o sid=,tty= -p $$; echo $$"])
+        popen = start(launch, slave, slave, slave, tty=True)
+        os.close(slave)
+        output = b""
+        while True:
+            try:
+                data = os.read(master, 4096)
+            except OSError:
+                break
+            if not data:
+                break
+            output += data
+        assert popen.wait(10) == 0
+    finally:
+        os.close(master)
+    terminal, session, pid = output.decode().split("\r\n")[:3]
+    assert terminal.startswith("/dev/pts/")
+    sid, tty_name = session.split()
+    assert sid == pid == str(popen.pid)  # session leader, no extra fork by the helper
+    assert terminal.endswith(tty_name.removeprefix("pts/"))
