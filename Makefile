@@ -9,7 +9,7 @@ SWAGGER_UI := agent/docs/vendor/swagger-ui
 PLAYWRIGHT_DIR := agent/playwright/runtime
 
 .PHONY: all setup system venv node-deps docs-assets playwright-deps run test lint unit integration \
-	security image-test fuzz soak bench image clean
+	security image-test fuzz soak rates bench image clean
 
 all: test
 
@@ -64,7 +64,7 @@ unit: venv
 	$(BIN)/pytest tests/unit
 
 integration: setup node-deps
-	$(BIN)/pytest tests/integration
+	$(BIN)/pytest -m 'not rates' tests/integration
 
 # The attacks of the threat model (SECURITY.md) against a real daemon, Xvfb and Chromium.
 security: setup
@@ -74,7 +74,7 @@ image-test: setup
 	$(BIN)/pytest -m image -s tests/image
 
 test: setup node-deps lint
-	$(BIN)/pytest tests/unit tests/integration tests/security
+	$(BIN)/pytest -m 'not rates' tests/unit tests/integration tests/security
 	$(BIN)/pytest -s tests/soak
 	$(BIN)/pytest -m image -s tests/image
 
@@ -84,6 +84,10 @@ FUZZ_EXAMPLES ?= 500
 fuzz: setup
 	AGENT_FUZZ_RANDOM=1 AGENT_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) \
 		$(BIN)/pytest -o timeout=7200 tests/integration/test_fuzz.py
+
+# Success rates of racy flows (e.g. new tab + omnibox with waits), printed; not in CI.
+rates: setup node-deps
+	$(BIN)/pytest -s -m rates tests/integration
 
 # The soak test under faults for 10 minutes (`make test` runs it for 75 s).
 SOAK_SECONDS ?= 600
