@@ -18,6 +18,30 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 
+class Wakeup:
+    """Wakes every coroutine waiting at the moment of `wake()`; one that starts waiting
+    afterwards waits for the next. Producers call `wake` without ever blocking."""
+
+    def __init__(self) -> None:
+        self._future: asyncio.Future[None] | None = None
+
+    def wake(self) -> None:
+        if self._future is not None and not self._future.done():
+            self._future.set_result(None)
+        self._future = None
+
+    async def wait(self, timeout: float | None = None) -> bool:
+        """Until the next `wake` (True) or `timeout` seconds (False)."""
+        if self._future is None:
+            self._future = asyncio.get_running_loop().create_future()
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(self._future)
+        except TimeoutError:
+            return False
+        return True
+
+
 @dataclass(frozen=True)
 class Gap:
     """Entries `first`..`last` (inclusive) were evicted before this reader saw them."""
@@ -52,7 +76,7 @@ class EventLog(Generic[T]):
         self._bytes = 0
         self._next_seq = 1
         self._closed = False
-        self._waiter: asyncio.Future[None] | None = None
+        self._wakeup = Wakeup()
 
     @property
     def last_seq(self) -> int:
@@ -84,23 +108,13 @@ class EventLog(Generic[T]):
         ):
             _, _, dropped = self._entries.popleft()
             self._bytes -= dropped
-        self._wake()
+        self._wakeup.wake()
         return seq
 
     def close(self) -> None:
         """No more entries: readers end after draining what is held."""
         self._closed = True
-        self._wake()
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-        self._waiter = None
-
-    async def _wait(self) -> None:
-        if self._waiter is None:
-            self._waiter = asyncio.get_running_loop().create_future()
-        await asyncio.shield(self._waiter)
+        self._wakeup.wake()
 
     async def follow(self, after: int = 0) -> AsyncIterator[Entry[T] | Gap]:
         """Yield every entry with seq > `after`, then wait for more until closed."""
@@ -118,4 +132,4 @@ class EventLog(Generic[T]):
                 continue
             if self._closed:
                 return
-            await self._wait()
+            await self._wakeup.wait()

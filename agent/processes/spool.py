@@ -16,7 +16,6 @@ reader of a chunk that could not be written, e.g. on a full disk). An index entr
 
 from __future__ import annotations
 
-import asyncio
 import bisect
 import contextlib
 import errno
@@ -34,6 +33,7 @@ from typing import ClassVar
 from agent.errors import BadRequest
 from agent.processes.child import ExitStatus, session_members
 from agent.processes.output import Chunk, Exited, Item, Missed
+from agent.streams import Wakeup
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class Spool:
         self.total = 0  # output bytes of both streams, written or not
         self.lost = 0  # bytes that could not be written (disk full, I/O error)
         self._exited: Exited | None = None
-        self._waiter: asyncio.Future[None] | None = None
+        self._wakeup = Wakeup()
         self._closed = False
         self._new_segment()
 
@@ -155,7 +155,7 @@ class Spool:
             segment.size += len(record)
             while len(self._segments) > 1 and self.disk_bytes > self._max:
                 self._drop_oldest()
-        self._wake()
+        self._wakeup.wake()
 
     def finish(self, status: ExitStatus) -> None:
         """The process exited and its output is all in: the exit event follows the last
@@ -164,7 +164,7 @@ class Spool:
             self._exited = Exited(status, self.total)
             self._next_seq += 1
             self._close_fds()
-            self._wake()
+            self._wakeup.wake()
 
     def _close_fds(self) -> None:
         for segment in self._segments:
@@ -181,17 +181,7 @@ class Spool:
         self._close_fds()
         self._segments.clear()
         shutil.rmtree(self._dir, ignore_errors=True)
-        self._wake()
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-        self._waiter = None
-
-    async def _wait(self) -> None:
-        if self._waiter is None:
-            self._waiter = asyncio.get_running_loop().create_future()
-        await asyncio.shield(self._waiter)
+        self._wakeup.wake()
 
     # --- reading ------------------------------------------------------------------
 
@@ -269,7 +259,7 @@ class Spool:
                         yield None, Missed(exit_seq - next_seq, missed)
                     yield exit_seq, self._exited
                     return
-                await self._wait()
+                await self._wakeup.wait()
         finally:
             if fd >= 0:
                 os.close(fd)

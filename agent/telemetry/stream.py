@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from agent.streams import Gap
+from agent.streams import Gap, Wakeup
 
 MAX_ENVELOPE_BYTES = 1 << 20
 BATCH = 512  # entries handed to a reader at once
@@ -57,7 +57,7 @@ class TelemetryHub:
         self._bytes = 0
         self._next_seq = max(1, first_seq)
         self._closed = False
-        self._waiter: asyncio.Future[None] | None = None
+        self._wakeup = Wakeup()
         self.sinks: list[Callable[[Record], None]] = []
 
     @property
@@ -86,29 +86,18 @@ class TelemetryHub:
             self._bytes -= len(self._records.popleft().text)
         for sink in self.sinks:
             sink(record)
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-        self._waiter = None
+        self._wakeup.wake()
         return record
 
     def close(self) -> None:
         self._closed = True
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-        self._waiter = None
+        self._wakeup.wake()
 
     async def wait_newer(self, seq: int, timeout: float | None) -> bool:
         """Until an entry after `seq` exists (True), the hub closes or `timeout` passes."""
         if self.last_seq > seq or self._closed:
             return True
-        if self._waiter is None:
-            self._waiter = asyncio.get_running_loop().create_future()
-        try:
-            async with asyncio.timeout(timeout):
-                await asyncio.shield(self._waiter)
-        except TimeoutError:
-            return False
-        return True
+        return await self._wakeup.wait(timeout)
 
     def read(self, after: int) -> Gap | list[Record]:
         """What a reader that has everything up to `after` gets next: a Gap if entries
