@@ -85,6 +85,21 @@ def open_display(name: str) -> xdisplay.Display:
     return dpy
 
 
+def open_with(name: str, setup: Callable[[xdisplay.Display], T]) -> T:
+    """A new connection to `name` handed to `setup`; closed again if `setup` fails, and a
+    connection lost meanwhile is DisplayUnavailable."""
+    dpy = open_display(name)
+    try:
+        return setup(dpy)
+    except CONNECTION_ERRORS as exc:
+        close_quietly(dpy)
+        raise DisplayUnavailable(
+            f"X display {name} went away ({type(exc).__name__})") from None
+    except BaseException:
+        close_quietly(dpy)
+        raise
+
+
 def drain_events(dpy: xdisplay.Display, handle: Callable[[Any], None]) -> None:
     """Handle what the server sent so far; raises if the connection is closed."""
     readable, _, _ = select.select([dpy.fileno()], [], [], 0)
@@ -124,16 +139,7 @@ class XConnection(Generic[S]):
     def _ensure(self) -> S:
         if self._session is not None:
             return self._session
-        dpy = open_display(self.display_name)
-        try:
-            session = self._factory(dpy)
-        except CONNECTION_ERRORS as exc:
-            close_quietly(dpy)
-            raise DisplayUnavailable(
-                f"X display {self.display_name} went away ({type(exc).__name__})") from None
-        except BaseException:
-            close_quietly(dpy)
-            raise
+        session = open_with(self.display_name, self._factory)
         log.info("X connection %s opened on %s", self.name, self.display_name)
         self._session = session
         return session

@@ -38,7 +38,7 @@ from typing import Any
 from Xlib import display as xdisplay
 from Xlib.ext import damage
 
-from agent.computer.display import CONNECTION_ERRORS, close_quietly, open_display
+from agent.computer.display import CONNECTION_ERRORS, close_quietly, open_with
 from agent.errors import BadRequest, DisplayUnavailable, field_error
 
 log = logging.getLogger(__name__)
@@ -215,24 +215,7 @@ class ScreenWatch:
     # -- the watch thread --------------------------------------------------------------
 
     def _open(self) -> _Watching:
-        dpy = open_display(self.display_name)
-        try:
-            if not dpy.has_extension("DAMAGE"):
-                raise DisplayUnavailable("the X server has no DAMAGE extension")
-            dpy.damage_query_version()
-            damage_id = dpy.screen().root.damage_create(damage.DamageReportRawRectangles)
-            # DamageCreate reports the whole window once: read and drop it.
-            dpy.sync()
-            while dpy.pending_events():
-                dpy.next_event()
-            return _Watching(dpy, damage_id, dpy.extension_event.DamageNotify)
-        except CONNECTION_ERRORS as exc:
-            close_quietly(dpy)
-            raise DisplayUnavailable(
-                f"X display {self.display_name} went away ({type(exc).__name__})") from None
-        except BaseException:
-            close_quietly(dpy)
-            raise
+        return open_with(self.display_name, _start_watching)
 
     def _main(self, started: Future[None]) -> None:
         try:
@@ -364,3 +347,15 @@ class ScreenWatch:
         times += [w.quiet_from + w.spec.settle_ms / 1000 for w in state.waiters
                   if w.spec.kind == "settle"]
         return min(max(0.0, min(times) - now), 0.25)
+
+
+def _start_watching(dpy: xdisplay.Display) -> _Watching:
+    if not dpy.has_extension("DAMAGE"):
+        raise DisplayUnavailable("the X server has no DAMAGE extension")
+    dpy.damage_query_version()
+    damage_id = dpy.screen().root.damage_create(damage.DamageReportRawRectangles)
+    # DamageCreate reports the whole window once: read and drop it.
+    dpy.sync()
+    while dpy.pending_events():
+        dpy.next_event()
+    return _Watching(dpy, damage_id, dpy.extension_event.DamageNotify)
