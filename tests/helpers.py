@@ -73,12 +73,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def free_display() -> int:
+def free_display(first: int = 50, last: int = 500) -> int:
     """A display number no X server holds: no lock file, no socket on disk, and no
-    abstract socket (a container on the host network leaves only the latter)."""
+    abstract socket (a container on the host network leaves only the latter). Stacks
+    that start their own Xvfb take theirs from a range of their own."""
     with open("/proc/net/unix") as table:
         abstract = set(re.findall(r"@/tmp/\.X11-unix/X(\d+)", table.read()))
-    for number in range(50, 500):
+    for number in range(first, last):
         if (
             str(number) not in abstract
             and not os.path.exists(f"/tmp/.X{number}-lock")

@@ -20,21 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from helpers import free_port, wait_until
+from helpers import free_display, free_port, wait_until
 from process_helpers import browser_user
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_display() -> int:
-    with open("/proc/net/unix") as table:
-        taken = table.read()
-    for number in range(600, 900):
-        if (f"@/tmp/.X11-unix/X{number}\n" not in taken
-                and not os.path.exists(f"/tmp/.X{number}-lock")
-                and not os.path.exists(f"/tmp/.X11-unix/X{number}")):
-            return number
-    raise RuntimeError("no free X display number")
 
 
 def dead_pid() -> int:
@@ -86,7 +75,7 @@ class Stack:
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
-    display = free_display()
+    display = free_display(600, 900)
     port, cdp_port = free_port(), free_port()
     profile = tmp_path / "profile"
     env = {

@@ -50,7 +50,7 @@ import aiohttp
 import psutil
 import pytest
 from aiohttp import web
-from helpers import free_port, wait_until
+from helpers import free_display, free_port, wait_until
 from process_helpers import browser_user
 
 REPO = Path(__file__).resolve().parents[2]
@@ -65,17 +65,6 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 PAGE = ("<html><body style='margin:0'><input id=box style='width:600px;height:40px'>"
         "<script>document.getElementById('box').focus()</script></body></html>")
 FAULTS = ("agent", "xvfb", "chromium")
-
-
-def free_display() -> int:
-    with open("/proc/net/unix") as table:
-        taken = table.read()
-    for number in range(700, 999):
-        if (f"@/tmp/.X11-unix/X{number}\n" not in taken
-                and not os.path.exists(f"/tmp/.X{number}-lock")
-                and not os.path.exists(f"/tmp/.X11-unix/X{number}")):
-            return number
-    raise RuntimeError("no free X display number")
 
 
 @dataclass
@@ -102,7 +91,7 @@ class Stack:
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
-    display = free_display()
+    display = free_display(700, 999)
     port = free_port()
     user = browser_user() or psutil.Process().username()
     profile = tmp_path / "profile"
