@@ -166,19 +166,15 @@ async def test_double_click_and_wheel_through_viewer(make_client: MakeClient, xv
     client = await live_client(make_client, xvfb, chromium)
     await open_page(chromium, TALL_PAGE)
     await open_viewer(viewer, client)
-    x, y = await screen_point(chromium, "#d")
-    left, top = await viewer.evaluate(
-        "(() => { const r = document.getElementById('screen').getBoundingClientRect();"
-        " return [r.left, r.top]; })()")
+    px, py = await viewer_point(viewer, *await screen_point(chromium, "#d"))
     for count in (1, 2):
         for kind in ("mousePressed", "mouseReleased"):
             await viewer.cdp("Input.dispatchMouseEvent", {
-                "type": kind, "x": left + x, "y": top + y, "button": "left",
-                "clickCount": count})
+                "type": kind, "x": px, "y": py, "button": "left", "clickCount": count})
     await async_wait_until(lambda: chromium.evaluate("window.doubles === 1"), timeout=10,
                            what="a double click through the viewer")
     await viewer.cdp("Input.dispatchMouseEvent", {
-        "type": "mouseWheel", "x": left + x, "y": top + y, "deltaX": 0, "deltaY": 300})
+        "type": "mouseWheel", "x": px, "y": py, "deltaX": 0, "deltaY": 300})
     await async_wait_until(lambda: chromium.evaluate("window.scrollY > 0"), timeout=10,
                            what="the wheel to scroll the page")
 
