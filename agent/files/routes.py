@@ -36,6 +36,7 @@ from agent.files.archives import DirZip, extract_zip
 from agent.files.watches import WatchManager
 from agent.identity import FsUser
 from agent.paging import next_link
+from agent.ranges import byte_range
 from agent.spec import RequestTimeout, body_timeout, request_json, request_query
 from agent.sse import last_event_id, open_sse
 from agent.streams import Gap
@@ -94,7 +95,7 @@ async def read_file(request: web.Request) -> web.StreamResponse:
     handle = await _fs(request).run(ops.open_for_read, path)
     try:
         last_modified = email.utils.formatdate(handle.mtime, usegmt=True)
-        selected = ops.byte_range(request.headers.get("Range"), handle.size,
+        selected = byte_range(request.headers.get("Range"), handle.size,
                                   request.headers.get("If-Range"), handle.etag, last_modified)
         start, end = selected if selected is not None else (0, handle.size)
         response = web.StreamResponse(status=206 if selected is not None else 200, headers={

@@ -23,7 +23,7 @@ from aiohttp import web
 
 from agent.appkeys import HEALTH_PROBES, RESIZE_GUARDS, SETTINGS
 from agent.errors import NotFound
-from agent.files.ops import byte_range
+from agent.ranges import byte_range
 from agent.replays.manager import Pending, ReplayManager
 from agent.replays.recorder import ReplayInfo
 from agent.spec import ALIAS_PREFIX, request_json, request_query

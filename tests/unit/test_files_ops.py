@@ -14,6 +14,7 @@ import pytest
 
 from agent.errors import BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge
 from agent.files import ops
+from agent.ranges import RangeNotSatisfiable, byte_range
 
 
 @pytest.mark.parametrize("value", ["", "relative/path", "./x", "~/x", "/a\x00b", "/\udc80\ud800"])
@@ -85,22 +86,22 @@ def test_list_files_sorted_and_describes_links(tmp_path: Path) -> None:
 
 def test_byte_range() -> None:
     etag, date = '"e"', "Mon, 01 Jan 2024 00:00:00 GMT"
-    assert ops.byte_range(None, 100, None, etag, date) is None
-    assert ops.byte_range("bytes=0-9", 100, None, etag, date) == (0, 10)
-    assert ops.byte_range("bytes=90-", 100, None, etag, date) == (90, 100)
-    assert ops.byte_range("bytes=90-500", 100, None, etag, date) == (90, 100)
-    assert ops.byte_range("bytes=-10", 100, None, etag, date) == (90, 100)
-    assert ops.byte_range("bytes=-500", 100, None, etag, date) == (0, 100)
+    assert byte_range(None, 100, None, etag, date) is None
+    assert byte_range("bytes=0-9", 100, None, etag, date) == (0, 10)
+    assert byte_range("bytes=90-", 100, None, etag, date) == (90, 100)
+    assert byte_range("bytes=90-500", 100, None, etag, date) == (90, 100)
+    assert byte_range("bytes=-10", 100, None, etag, date) == (90, 100)
+    assert byte_range("bytes=-500", 100, None, etag, date) == (0, 100)
     # Ignored (whole file): malformed, other units, several ranges, reversed.
     for header in ("bytes=a-b", "items=0-1", "bytes=0-1,5-6", "bytes=5-2", "bytes", "bytes=-"):
-        assert ops.byte_range(header, 100, None, etag, date) is None, header
+        assert byte_range(header, 100, None, etag, date) is None, header
     for header in ("bytes=100-", "bytes=200-300", "bytes=-0"):
-        with pytest.raises(ops.RangeNotSatisfiable) as info:
-            ops.byte_range(header, 100, None, etag, date)
+        with pytest.raises(RangeNotSatisfiable) as info:
+            byte_range(header, 100, None, etag, date)
         assert info.value.headers["Content-Range"] == "bytes */100"
-    assert ops.byte_range("bytes=5-", 100, etag, etag, date) == (5, 100)
-    assert ops.byte_range("bytes=5-", 100, date, etag, date) == (5, 100)
-    assert ops.byte_range("bytes=5-", 100, '"other"', etag, date) is None
+    assert byte_range("bytes=5-", 100, etag, etag, date) == (5, 100)
+    assert byte_range("bytes=5-", 100, date, etag, date) == (5, 100)
+    assert byte_range("bytes=5-", 100, '"other"', etag, date) is None
 
 
 def test_make_dirs_creates_parents_with_mode(tmp_path: Path) -> None:
