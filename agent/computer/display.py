@@ -118,13 +118,16 @@ class XConnection(Generic[S]):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"x-{name}")
         self._session: S | None = None
         self.closing = threading.Event()  # set on close(): long actions stop waiting
+        self.submitted = 0  # jobs taken in turn so far: arrival order, as callers can see it
 
     async def run(self, fn: Callable[[S], T]) -> T:
         """Run `fn(session)` on this connection's thread (FIFO with every other call)."""
         if self.closing.is_set():
             raise DisplayUnavailable("the computer controller is shutting down")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._call, fn)
+        pending = loop.run_in_executor(self._executor, self._call, fn)
+        self.submitted += 1
+        return await pending
 
     def _call(self, fn: Callable[[S], T]) -> T:
         session = self._ensure()

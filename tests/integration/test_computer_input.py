@@ -15,6 +15,8 @@ from aiohttp.test_utils import TestClient
 from computer_support import buttons_down, click, keys_down, open_page, post, screen_point
 from helpers import Chromium, Xvfb, async_wait_until, cdp_call
 
+from agent.computer.routes import COMPUTER
+
 RECORDER = """
 <style>body{margin:0;font:16px sans-serif} .box{position:absolute;width:200px;height:150px}</style>
 <div id=a class=box style="left:40px;top:40px;background:#c00"></div>
@@ -455,13 +457,19 @@ async def test_an_action_whose_client_left_stops_and_lets_the_next_one_run(
 
 async def test_input_actions_run_one_at_a_time_in_arrival_order(
         client: Any, page: Chromium) -> None:
+    """Each request arrives once the one before has taken its turn (the second while the
+    first is typing); they run one at a time, in that order."""
     await focus(client, page, "#field")
-    first = asyncio.create_task(post(client, "/computer/type", {"text": "aaaaaa", "delay": 40}))
-    await asyncio.sleep(0.05)  # the second request arrives while the first is typing
-    second = asyncio.create_task(post(client, "/computer/type", {"text": "bbb"}))
-    await asyncio.sleep(0.05)
-    third = asyncio.create_task(post(client, "/computer/press_key", {"keys": ["c"]}))
-    await asyncio.gather(first, second, third)
+    line = client.app[COMPUTER].input
+    first = asyncio.create_task(post(client, "/computer/type", {"text": "aaaaaa", "delay": 100}))
+    await async_wait_until(lambda: page.evaluate(
+        "document.querySelector('#field').value.length > 0"), what="the first to be typing")
+    tasks = [first]
+    for body, path in (({"text": "bbb"}, "type"), ({"keys": ["c"]}, "press_key")):
+        taken = line.submitted
+        tasks.append(asyncio.create_task(post(client, f"/computer/{path}", body)))
+        await async_wait_until(lambda n=taken: line.submitted > n, what=f"{path} in turn")
+    await asyncio.gather(*tasks)
     await async_wait_until(lambda: page.evaluate(
         "document.querySelector('#field').value === 'aaaaaabbbc'"), what="ordered input")
 
