@@ -95,6 +95,7 @@ class Xvfb:
     width: int
     height: int
     proc: subprocess.Popen[bytes] | None = None
+    extra_args: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -103,7 +104,7 @@ class Xvfb:
     def start(self) -> None:
         self.proc = subprocess.Popen(
             ["Xvfb", self.name, "-screen", "0", f"{self.width}x{self.height}x24",
-             "-nolisten", "tcp", "-ac"],
+             "-nolisten", "tcp", "-ac", *self.extra_args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         wait_until(self.answers, timeout=15, what=f"Xvfb {self.name} to answer")
