@@ -55,20 +55,24 @@ async def site() -> AsyncIterator[str]:
         yield url
 
 
-def extension_zip(title: str, folder: str = "", manifest: bool = True,
-                  script: str | None = None) -> bytes:
-    """A Manifest V3 extension whose content script sets document.title (or runs
-    `script`)."""
+def extension_zip(value: str, folder: str = "", manifest: bool = True, key: str = "mark",
+                  extra: tuple[str, ...] = ()) -> bytes:
+    """A Manifest V3 extension whose content script sets `data-<key>` on the page's root
+    element to `value`: each test marks the page under a key of its own, so extensions
+    that earlier tests left in the shared browser never decide what a test sees."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         if manifest:
             archive.writestr(folder + "manifest.json", json.dumps({
-                "manifest_version": 3, "name": f"sets title to {title}", "version": "1.0",
+                "manifest_version": 3, "name": f"marks {key}", "version": "1.0",
                 "content_scripts": [{"matches": ["<all_urls>"], "js": ["content.js"],
                                      "run_at": "document_end"}],
             }))
         archive.writestr(folder + "content.js",
-                         script or f"document.title = {json.dumps(title)};")
+                         f"document.documentElement.dataset[{json.dumps(key)}] = "
+                         f"{json.dumps(value)};")
+        for name in extra:
+            archive.writestr(folder + name, "// not part of the next version")
     return buffer.getvalue()
 
 
@@ -88,7 +92,7 @@ def listing(root: Path) -> list[str]:
 
 
 async def page_value(supervised: SupervisedChromium, url: str,
-                     expression: str = "document.title") -> str:
+                     expression: str) -> str:
     """`expression` in a page freshly loaded from `url` (once it has loaded)."""
     ws = await asyncio.to_thread(supervised.page_ws)
     await cdp_call(ws, "Page.navigate", {"url": url})
@@ -102,45 +106,49 @@ async def page_value(supervised: SupervisedChromium, url: str,
     return str(await async_wait_until(value, timeout=15, what="the page to load"))
 
 
-async def page_title(supervised: SupervisedChromium, url: str) -> str:
-    return await page_value(supervised, url)
-
-
-async def wait_for_title(supervised: SupervisedChromium, url: str, expected: str) -> None:
+async def wait_for_mark(supervised: SupervisedChromium, url: str, key: str,
+                        expected: str) -> None:
     async def shows() -> bool:
-        return await page_title(supervised, url) == expected
+        return await page_value(supervised, url, mark(key)) == expected
 
     await async_wait_until(shows, timeout=20, interval=0.2,
-                           what=f"the page title to become {expected!r}")
+                           what=f"the page's {key} mark to become {expected!r}")
+
+
+def mark(key: str) -> str:
+    return f"document.documentElement.dataset[{json.dumps(key)}]"
 
 
 async def test_an_uploaded_extension_runs_after_the_restart(
         api: Api, supervised: SupervisedChromium, site: str) -> None:
-    assert await page_title(supervised, f"{site}/page") == "original"
+    assert await page_value(supervised, f"{site}/page", mark("upload")) == "undefined"
     pid = supervised.chromium_pid()
     resp = await api.post("/extensions", data=form(
-        ("extensions[0][name]", "title-setter"),
-        ("extensions[0][zip_file]", extension_zip("set by the extension")),
+        ("extensions[0][name]", "upload-marker"),
+        ("extensions[0][zip_file]", extension_zip("set by the extension", key="upload")),
     ))
     assert resp.status == 201, await resp.text()
     # The 201 came after the restart, with DevTools answering again.
     assert supervised.chromium_pid() != pid
     assert supervised.version() is not None
-    installed = supervised.extensions / "title-setter"
+    installed = supervised.extensions / "upload-marker"
     assert (installed / "manifest.json").is_file() and (installed / "content.js").is_file()
-    await wait_for_title(supervised, f"{site}/page", "set by the extension")
+    await wait_for_mark(supervised, f"{site}/page", "upload", "set by the extension")
 
 
 async def test_a_zip_in_a_folder_replaces_the_extension_of_the_same_name(
         api: Api, supervised: SupervisedChromium, site: str) -> None:
-    resp = await api.post("/extensions", data=form(
-        ("extensions.0.name", "title-setter"),
-        ("extensions.0.zip_file", extension_zip("replaced", folder="build/")),
-    ))
-    assert resp.status == 201, await resp.text()
-    installed = supervised.extensions / "title-setter"
-    assert sorted(p.name for p in installed.iterdir()) == ["content.js", "manifest.json"]
-    await wait_for_title(supervised, f"{site}/page", "replaced")
+    for version, folder, extra in (("first", "", ("old.js",)), ("second", "build/", ())):
+        resp = await api.post("/extensions", data=form(
+            ("extensions.0.name", "replaced"),
+            ("extensions.0.zip_file", extension_zip(version, folder=folder, key="replaced",
+                                                    extra=extra)),
+        ))
+        assert resp.status == 201, await resp.text()
+        installed = supervised.extensions / "replaced"
+        assert sorted(p.name for p in installed.iterdir()) == sorted(
+            ["content.js", "manifest.json", *extra])
+        await wait_for_mark(supervised, f"{site}/page", "replaced", version)
 
 
 @pytest.mark.parametrize(("parts", "field"), [
@@ -207,22 +215,15 @@ async def test_without_supervisord_it_is_a_503_and_nothing_is_unpacked(
 async def test_the_kernel_sdk_loads_extensions(
         api: Api, supervised: SupervisedChromium, site: str) -> None:
     # The SDK sends extensions[][name] and extensions[][zip_file] parts.
-    # Another extension sets the title too, in no fixed order: this one marks the DOM.
-    script = "document.documentElement.dataset.sdk = 'loaded';"
     pid = supervised.chromium_pid()
     client = AsyncKernel(api_key=ADMIN_TOKEN, base_url=str(api.make_url("")).rstrip("/"),
                          max_retries=0)
     async with client:
         await client.browsers.load_extensions("this-browser", extensions=[
-            {"name": "from-sdk", "zip_file": ("ext.zip", extension_zip("", script=script),
+            {"name": "from-sdk", "zip_file": ("ext.zip", extension_zip("loaded", key="sdk"),
                                               "application/zip")},
         ])
     assert supervised.chromium_pid() != pid
     assert (supervised.extensions / "from-sdk" / "manifest.json").is_file()
 
-    async def sdk_script_ran() -> bool:
-        marker = "document.documentElement.dataset.sdk"
-        return await page_value(supervised, f"{site}/page", marker) == "loaded"
-
-    await async_wait_until(sdk_script_ran, timeout=20, interval=0.2,
-                           what="the SDK-loaded extension to run")
+    await wait_for_mark(supervised, f"{site}/page", "sdk", "loaded")
