@@ -8,10 +8,11 @@ profile's cookie jar (and Set-Cookie answers update it), the browser's proxy set
 BoringSSL, HTTP/2, Chromium's default headers.
 
 Decisions (documented in the OpenAPI description of /curl):
-- redirects are followed the way the browser follows them (Chromium's limit of 20 hops;
-  303, and 301/302 after POST, become GET); the result is the last response. The caller's
-  custom headers are sent on every hop, except Authorization, Proxy-Authorization and
-  Cookie once the redirect leaves the original origin.
+- redirects are followed the way the browser follows them (Chromium's limit: 19
+  redirects, 20 requests in all; 303, and 301/302 after POST, become GET); the result
+  is the last response. The caller's custom headers are sent on every hop, except
+  Authorization, Proxy-Authorization and Cookie once the redirect leaves the original
+  origin.
 - the browser's HTTP cache is bypassed, as on a hard reload, so every call reaches the
   server (Chromium adds `Cache-Control: no-cache` and `Pragma: no-cache`); service
   workers of the target origin are bypassed too.

@@ -67,6 +67,23 @@ def origin_app(recorder: Recorder) -> web.Application:
         code = int(request.match_info["code"])
         return web.Response(status=code, headers={"Location": "/echo?redirected=1"})
 
+    async def redirect_to(request: web.Request) -> web.Response:
+        return web.Response(status=302, headers={"Location": request.query["to"]})
+
+    async def chain(request: web.Request) -> web.Response:
+        """`/chain/N` redirects N times before it lands on /echo."""
+        left = int(request.match_info["left"])
+        target = f"/chain/{left - 1}" if left > 1 else "/echo?chain=end"
+        return web.Response(status=302, headers={"Location": target})
+
+    async def cached(request: web.Request) -> web.Response:
+        """An answer any cache may keep for an hour; says how often it was asked for."""
+        recorder.requests.append({"method": request.method, "path": request.path_qs,
+                                  "headers": [[k, v] for k, v in request.headers.items()]})
+        count = sum(1 for seen in recorder.requests if seen["path"] == request.path_qs)
+        return web.Response(text=f"served {count}",
+                            headers={"Cache-Control": "public, max-age=3600"})
+
     async def no_content(request: web.Request) -> web.Response:
         return web.Response(status=204)
 
@@ -83,6 +100,9 @@ def origin_app(recorder: Recorder) -> web.Application:
     app.router.add_get("/slow", slow)
     app.router.add_route("*", "/redirect/{code}", redirect)
     app.router.add_get("/no-content", no_content)
+    app.router.add_route("*", "/redirect-to", redirect_to)
+    app.router.add_get("/chain/{left}", chain)
+    app.router.add_get("/cached", cached)
     app.router.add_get("/page", page)
     return app
 

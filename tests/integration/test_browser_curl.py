@@ -235,6 +235,74 @@ async def test_redirects_are_followed_like_the_browser_follows_them(
     assert recorder.requests[-1]["body"] == "kept"
 
 
+@pytest.mark.parametrize("code", [301, 302, 303])
+async def test_a_post_redirected_by_301_302_or_303_goes_on_as_a_get(
+        api: Api, origin: tuple[str, Recorder], code: int) -> None:
+    url, recorder = origin
+    status, result = await curl(api, url=f"{url}/redirect/{code}", method="POST", body="x")
+    assert status == 200, result
+    assert [(seen["method"], seen["path"]) for seen in recorder.requests] == [
+        ("GET", "/echo?redirected=1")]
+    assert recorder.requests[0]["body"] == ""
+
+
+async def test_credentials_stay_with_the_origin_across_redirects(
+        api: Api, origin: tuple[str, Recorder]) -> None:
+    """Authorization and Cookie given in `headers` follow a redirect within the origin and
+    are dropped once it leaves; other custom headers go everywhere."""
+    url, recorder = origin
+    other_recorder = Recorder()
+    sent = {"Authorization": "Bearer for-the-origin-only", "Cookie": "given=by-the-caller",
+            "X-Hop": "every"}
+    async with serving(origin_app(other_recorder)) as other:
+        assert other.split(":")[-1] != url.split(":")[-1]  # another port: another origin
+        for target, seen_by in ((f"{url}/echo", recorder), (f"{other}/echo", other_recorder)):
+            status, result = await curl(api, url=f"{url}/redirect-to?to={target}",
+                                        headers=sent)
+            assert status == 200, result
+            landed = seen_by.requests[-1]
+            assert header_values(landed, "X-Hop") == ["every"]
+            cookies = "; ".join(header_values(landed, "Cookie"))
+            if seen_by is recorder:
+                assert header_values(landed, "Authorization") == [sent["Authorization"]]
+                assert "given=by-the-caller" in cookies
+            else:
+                assert header_values(landed, "Authorization") == []
+                assert "given=by-the-caller" not in cookies
+
+
+async def test_nineteen_redirects_are_followed_and_the_twentieth_is_an_error(
+        api: Api, origin: tuple[str, Recorder]) -> None:
+    url, recorder = origin
+    status, result = await curl(api, url=f"{url}/chain/19")
+    assert status == 200, result
+    assert recorder.requests[-1]["path"] == "/echo?chain=end"
+    recorder.requests.clear()
+    status, result = await curl(api, url=f"{url}/chain/20")
+    assert status == 502, result
+    assert "ERR_TOO_MANY_REDIRECTS" in result["message"]
+    assert recorder.requests == []  # it never landed
+
+
+async def test_the_browsers_cache_is_bypassed(
+        api: Api, chromium: Chromium, origin: tuple[str, Recorder]) -> None:
+    """An answer cacheable for an hour, loaded by a page first: every /curl still reaches
+    the server, asking it not to answer from a cache either."""
+    url, recorder = origin
+    await chromium.cdp("Page.navigate", {"url": f"{url}/cached"})
+    await async_wait_until(lambda: chromium.evaluate(
+        "document.readyState === 'complete' && document.body.innerText === 'served 1'"),
+        what="the page to show the cacheable answer")
+    bodies = []
+    for _ in range(2):
+        status, result = await curl(api, url=f"{url}/cached")
+        assert status == 200, result
+        bodies.append(result["body"])
+    assert bodies == ["served 2", "served 3"]
+    for seen in recorder.requests[1:]:
+        assert header_values(seen, "Cache-Control") == ["no-cache"]
+
+
 async def test_an_empty_answer_has_an_empty_body(
         api: Api, origin: tuple[str, Recorder]) -> None:
     url, _ = origin
