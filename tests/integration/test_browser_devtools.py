@@ -48,8 +48,9 @@ def endpoint(api: Api) -> str:
     return f"127.0.0.1:{api.server.app[SETTINGS].cdp_proxy_port}"
 
 
-def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
-    request = urllib.request.Request(url, headers=headers or {})
+def http_get(url: str, headers: dict[str, str] | None = None,
+             method: str = "GET") -> tuple[int, Any]:
+    request = urllib.request.Request(url, headers=headers or {}, method=method)
     try:
         with urllib.request.urlopen(request, timeout=10) as resp:
             return resp.status, json.loads(resp.read())
@@ -57,8 +58,9 @@ def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, Any]
         return exc.code, json.loads(exc.read())
 
 
-async def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
-    return await asyncio.to_thread(http_get, url, headers)
+async def get(url: str, headers: dict[str, str] | None = None,
+              method: str = "GET") -> tuple[int, Any]:
+    return await asyncio.to_thread(http_get, url, headers, method)
 
 
 async def restart_chromium(supervised: SupervisedChromium) -> None:
@@ -150,6 +152,42 @@ async def test_page_targets_are_listed_and_reachable_through_the_endpoint(
                             {"expression": "6 * 7", "returnByValue": True},
                             headers=ADMIN_BEARER)
     assert result["result"]["value"] == 42
+
+
+async def test_json_new_opens_a_tab_reachable_through_the_endpoint(
+        api: Api, supervised: SupervisedChromium) -> None:
+    """PUT /json/new answers the new target with its socket URL pointing back at the daemon;
+    /json lists it like /json/list; /json/close closes it (in Chromium, over its own
+    loopback endpoint)."""
+    base = f"http://{endpoint(api)}"
+    status, opened = await get(f"{base}/json/new?about:blank", ADMIN_BEARER, "PUT")
+    assert status == 200, opened
+    socket_url = f"ws://{endpoint(api)}/devtools/page/{opened['id']}"
+    assert opened["webSocketDebuggerUrl"] == socket_url
+    result = await cdp_call(socket_url, "Runtime.evaluate",
+                            {"expression": "6 * 7", "returnByValue": True},
+                            headers=ADMIN_BEARER)
+    assert result["result"]["value"] == 42
+    status, listed = await get(f"{base}/json", ADMIN_BEARER)
+    assert status == 200 and opened["id"] in [t["id"] for t in listed], listed
+    assert all(t["webSocketDebuggerUrl"].startswith(f"ws://{endpoint(api)}/") for t in listed)
+    _, upstream = await asyncio.to_thread(http_get, f"http://{supervised.address}/json/list")
+    assert opened["id"] in [t["id"] for t in upstream]  # Chromium itself has it
+    status, _ = await asyncio.to_thread(
+        http_text, f"{base}/json/close/{opened['id']}", ADMIN_BEARER)
+    assert status == 200
+
+    async def closed() -> bool:
+        _, now = await asyncio.to_thread(http_get, f"http://{supervised.address}/json/list")
+        return opened["id"] not in [t["id"] for t in now]
+
+    await async_wait_until(closed, what="the tab to close")
+
+
+def http_text(url: str, headers: dict[str, str]) -> tuple[int, str]:
+    request = urllib.request.Request(url, headers=headers)
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        return resp.status, resp.read().decode()
 
 
 async def test_playwright_connects_over_cdp_through_the_endpoint(api: Api) -> None:
