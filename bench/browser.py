@@ -170,6 +170,7 @@ def main() -> int:
         port, proxy_port = free_port(), free_port()
         daemon = subprocess.Popen(
             [sys.executable, "-m", "agent", "--port", str(port), "--host", "127.0.0.1",
+             "--rate-limits", "false",  # measured flat out: no limits
              "--display", display.name, "--cdp-address", chromium.address,
              "--api-token", TOKEN, "--cdp-proxy-port", str(proxy_port),
              "--cdp-proxy-host", "127.0.0.1", "--log-level", "warning"],

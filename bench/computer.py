@@ -117,6 +117,7 @@ def daemon(display: str) -> Iterator[tuple[int, int]]:
     root = Path(__file__).resolve().parent.parent
     proc = subprocess.Popen(
         [str(root / ".venv" / "bin" / "python"), "-m", "agent", "--display", display,
+         "--rate-limits", "false",  # measured flat out: no limits
          "--port", str(port), "--api-token", TOKEN, "--host", "127.0.0.1",
          "--cdp-proxy-port", "0", "--log-level", "warning"],
         cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

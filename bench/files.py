@@ -74,6 +74,7 @@ def daemon(workdir: Path) -> Iterator[tuple[str, int]]:
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "agent", "--port", str(port), "--api-token", TOKEN,
+         "--rate-limits", "false",  # measured flat out: no limits
          "--cdp-proxy-port", "0", "--log-level", "warning"],
         cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         env={**os.environ, **browser_user_env()},  # file operations act as that user

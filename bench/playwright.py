@@ -128,6 +128,7 @@ def main() -> None:
     with running_xvfb(1280, 800) as xvfb, running_chromium(xvfb.name, 1280, 800) as chromium:
         port = free_port()
         argv = [sys.executable, "-m", "agent", "--port", str(port), "--display", xvfb.name,
+                "--rate-limits", "false",  # measured flat out: no limits
                 "--cdp-address", chromium.address, "--api-token", TOKEN,
                 "--cdp-proxy-port", "0", "--log-level", "warning", "--playwright-prewarm", "1"]
         if user:

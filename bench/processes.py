@@ -75,6 +75,7 @@ class Daemon:
         extra = ["--default-user", default_user] if default_user else []
         self.proc = subprocess.Popen(
             [sys.executable, *start, "--host", "127.0.0.1", "--port", str(self.port),
+             "--rate-limits", "false",  # measured flat out: no limits
              "--api-token", TOKEN, "--log-level", "warning", "--cdp-proxy-port", "0",
              "--max-processes", str(max_processes), "--max-streams", str(max_processes),
              *extra],

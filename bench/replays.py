@@ -124,6 +124,7 @@ def daemon(display: str, replays: str, log: Path) -> Iterator[tuple[psutil.Proce
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "agent", "--port", str(port), "--display", display,
+             "--rate-limits", "false",  # measured flat out: no limits
              "--api-token", TOKEN, "--host", "127.0.0.1", "--cdp-proxy-port", "0",
              "--replays-dir", replays, "--replays-max-active", "1"],
             env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)

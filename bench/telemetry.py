@@ -257,6 +257,7 @@ def main() -> None:
         port = free_port()
         daemon = subprocess.Popen(
             [sys.executable, "-m", "agent", "--port", str(port), "--host", "127.0.0.1",
+             "--rate-limits", "false",  # measured flat out: no limits
              "--display", display.name, "--cdp-address", chromium.address,
              "--api-token", TOKEN, "--cdp-proxy-port", "0", "--log-level", "warning",
              "--telemetry-dir", f"{state}/telemetry"],
