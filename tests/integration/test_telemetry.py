@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ from conftest import ADMIN_TOKEN, READ, WRITE, MakeClient
 from helpers import Chromium, Xvfb, async_wait_until, free_port, running_xvfb
 from kernel import AsyncKernel
 from telemetry_support import Frame, Stream, check, check_health, events, of_type, site_app
+
+from agent.telemetry import capture
 
 Client = TestClient[Any, Any]
 WAIT = 20.0
@@ -542,6 +545,42 @@ async def test_capture_survives_a_chromium_restart(make_client: MakeClient,
     assert increasing(frames + more)
     assert more[-1].id is not None and frames[-1].id is not None
     assert more[-1].id > frames[-1].id
+    stream.response.close()
+
+
+def supervisorctl(supervised: SupervisedChromium, action: str) -> None:
+    subprocess.run(["supervisorctl", "-s", f"unix://{supervised.socket}", action, "chromium"],
+                   check=True, capture_output=True, timeout=60)
+
+
+async def test_a_chromium_that_stays_down_is_reported_once_and_capture_comes_back(
+        make_client: MakeClient, supervised: SupervisedChromium, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chromium stopped (`supervisorctl stop`) for longer than the capture waits: one
+    `monitor_reconnect_failed`, /health says failed; started again, capture comes back by
+    itself with `monitor_reconnected`."""
+    monkeypatch.setattr(capture, "GIVE_UP_S", 1.0)  # instead of 30 s
+    client = await make_client(display=supervised.display, cdp_address=supervised.address,
+                               telemetry_dir=str(tmp_path / "t"), telemetry_categories="all")
+    await capturing(client)
+    stream = await open_stream(client)
+    await asyncio.to_thread(supervisorctl, supervised, "stop")
+    try:
+        frames = await stream.until(lambda f: f.type == "monitor_reconnect_failed")
+        health = check_health(await (await client.get("/health")).json())
+        assert health["telemetry"]["state"] == "failed", health
+    finally:
+        await asyncio.to_thread(supervisorctl, supervised, "start")
+    more = await stream.until(lambda f: f.type == "monitor_reconnected", timeout=WAIT)
+    kinds = [f.type for f in events(frames + more)]
+    assert kinds.count("monitor_reconnect_failed") == 1, kinds
+    assert (kinds.index("monitor_disconnected") < kinds.index("monitor_reconnect_failed")
+            < kinds.index("monitor_reconnected")), kinds
+    assert of_type(frames, "monitor_reconnect_failed")[0].data == {
+        "reason": "reconnect_exhausted"}
+    assert of_type(more, "monitor_reconnected")[0].data["reconnect_duration_ms"] >= 1000
+    assert increasing(frames + more)
+    await capturing(client)
     stream.response.close()
 
 
