@@ -1,11 +1,12 @@
 """POST /extensions: unpacked extensions from zips, then Chromium restarted with them.
 
 Everything is checked before anything changes: every part is received into a staging
-directory beside the extensions directory, every zip must be a readable archive with a
-`manifest.json` (at its root, or inside its single top-level folder) holding a JSON
-object, and supervisord must be able to restart Chromium. Only then are the extensions
-unpacked (in staging), swapped into `<extensions_dir>/<name>` by renames, and Chromium is
-restarted. Chromium's launch command loads every folder of the extensions directory
+directory inside the extensions directory and unpacked there by the daemon's one safe
+extractor (`agent.archives`: the whole zip checked first, caps on entries and size); each
+must hold a `manifest.json` (at its root, or inside its single top-level folder) with a
+JSON object, and supervisord must be able to restart Chromium. Only then are the
+extensions swapped into `<extensions_dir>/<name>` by renames, and Chromium is restarted.
+Chromium's launch command loads every folder of the extensions directory
 (`--load-extension`), so an installed extension also survives later restarts.
 """
 
@@ -17,20 +18,19 @@ import os
 import pwd
 import re
 import shutil
-import stat
 import tempfile
-import zipfile
-import zlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from agent.archives import extract_zip
 from agent.browser import chromium
 from agent.browser.cdp import CdpManager
 from agent.config import Settings
 from agent.errors import BadRequest, PayloadTooLarge, field_error
+from agent.fsutil import Owner
 from agent.identity import FsUser, run_as
 
 NAME = re.compile(r"^[a-zA-Z0-9._-]{1,255}$")
@@ -40,7 +40,6 @@ FIELD = re.compile(r"^extensions(?:\[(\d*)\]|\.(\d+))(?:\[(\w+)\]|\.(\w+))$")
 KEYS = ("zip_file", "name")
 MAX_EXTENSIONS = 64
 MAX_NAME_PART_BYTES = 1024
-COPY_CHUNK = 1 << 16
 
 
 def extensions_root(settings: Settings) -> Path:
@@ -83,12 +82,10 @@ class _Pending:
 
 
 @dataclass
-class _Checked:
+class _Unpacked:
     index: int
     name: str
-    zip_path: Path
-    prefix: str  # folder inside the zip that holds manifest.json ("" for the root)
-    members: list[zipfile.ZipInfo] = field(default_factory=list)
+    folder: Path  # in staging: the folder that holds manifest.json
 
 
 class ExtensionUpload:
@@ -125,13 +122,12 @@ class ExtensionUpload:
         return parse_field(name, self.positions)
 
     async def add_zip(self, index: int, chunks: AsyncIterator[bytes]) -> None:
-        assert self.staging is not None
         entry = self.pending.setdefault(index, _Pending())
         if entry.zip_path is not None:
             raise BadRequest(f"extensions[{index}].zip_file given twice",
                              details=[field_error(f"extensions[{index}].zip_file",
                                                   "is given twice")])
-        path = self.staging / f"upload-{index}.zip"
+        path = self.staging_dir() / f"upload-{index}.zip"
         limit = self.settings.zip_max_bytes
         written = 0
         out = await run_as(self.fs, open, path, "wb")
@@ -195,74 +191,63 @@ class ExtensionUpload:
         return done
 
     async def install(self, cdp: CdpManager) -> list[Path]:
-        """Check all, unpack all, swap them in, restart Chromium; the installed folders."""
-        parts = self._complete()
-        checked = [await run_as(self.fs, self._check_zip, *part) for part in parts]
+        """Unpack and check all, swap them in, restart Chromium; the installed folders."""
+        unpacked = await self.prepare()
         await chromium.check_restartable(self.settings.supervisor_socket,
                                          self.settings.chromium_program)
-        installed = await run_as(self.fs, self._unpack_and_swap, checked)
+        installed = await run_as(self.fs, self._swap, unpacked)
         await chromium.restart(cdp, self.settings.supervisor_socket,
                                self.settings.chromium_program)
         return installed
 
-    def _check_zip(self, index: int, name: str, path: Path) -> _Checked:
+    async def prepare(self) -> list[_Unpacked]:
+        """Every extension unpacked in staging (the zips checked whole by
+        `agent.archives` first) and its manifest read: nothing installed is touched yet."""
+        return [await run_as(self.fs, self._unpack, *part) for part in self._complete()]
+
+    def _unpack(self, index: int, name: str, path: Path) -> _Unpacked:
         where = f"extensions[{index}].zip_file"
 
         def bad(message: str) -> BadRequest:
             return BadRequest(f"{where} {message}", details=[field_error(where, message)])
 
+        target = self.staging_dir() / f"unpacked-{index}"
         try:
-            archive = zipfile.ZipFile(path)
-        except (zipfile.BadZipFile, OSError):
-            raise bad("is not a zip archive") from None
-        with archive:
-            members = archive.infolist()
-            if len(members) > self.settings.zip_max_entries:
-                raise bad(f"has more than {self.settings.zip_max_entries} entries")
-            if sum(m.file_size for m in members) > self.settings.zip_max_bytes:
-                raise PayloadTooLarge(f"{where} unpacks to more than "
-                                      f"{self.settings.zip_max_bytes} bytes",
-                                      details=[field_error(where, "unpacks too large")])
-            names: set[str] = set()
-            for member in members:
-                parts = PurePosixPath(member.filename.replace("\\", "/")).parts
-                if (member.filename.startswith("/") or ".." in parts
-                        or stat.S_ISLNK(member.external_attr >> 16)):
-                    raise bad(f"holds an unsafe entry: {member.filename!r}")
-                names.add(member.filename.rstrip("/"))
-            prefix = ""
-            if "manifest.json" not in names:
-                tops = {PurePosixPath(n).parts[0] for n in names if n}
-                if len(tops) == 1 and f"{next(iter(tops))}/manifest.json" in names:
-                    prefix = next(iter(tops)) + "/"
-                else:
-                    raise bad("must contain manifest.json")
-            try:
-                manifest = json.loads(archive.read(prefix + "manifest.json").decode("utf-8-sig"))
-            except (ValueError, UnicodeDecodeError, zipfile.BadZipFile, OSError) as exc:
-                raise bad(f"has an unreadable manifest.json: {exc}") from None
-            if not isinstance(manifest, dict):
-                raise bad("has a manifest.json that is not a JSON object")
-        return _Checked(index, name, path, prefix, members)
+            extract_zip(str(path), str(target), self._owner(), self.settings.zip_max_entries,
+                        self.settings.zip_max_bytes)
+        except (BadRequest, PayloadTooLarge) as exc:
+            raise type(exc)(f"{where}: {exc.message}",
+                            details=[field_error(where, exc.message)]) from None
+        folder = target
+        if not (target / "manifest.json").is_file():
+            inside = list(target.iterdir())
+            if len(inside) == 1 and (inside[0] / "manifest.json").is_file():
+                folder = inside[0]  # the zip of a folder
+            else:
+                raise bad("must contain manifest.json")
+        try:
+            manifest = json.loads((folder / "manifest.json").read_bytes().decode("utf-8-sig"))
+        except (ValueError, UnicodeDecodeError, OSError) as exc:
+            raise bad(f"has an unreadable manifest.json: {exc}") from None
+        if not isinstance(manifest, dict):
+            raise bad("has a manifest.json that is not a JSON object")
+        return _Unpacked(index, name, folder)
 
-    def _unpack_and_swap(self, checked: list[_Checked]) -> list[Path]:
-        assert self.staging is not None
-        owner = self._owner()
-        unpacked: list[tuple[_Checked, Path]] = []
-        for item in checked:
-            target = self.staging / f"unpacked-{item.index}"
-            self._unpack(item, target, owner)
-            unpacked.append((item, target))
+    def staging_dir(self) -> Path:
+        assert self.staging is not None, "used outside `async with`"
+        return self.staging
+
+    def _swap(self, unpacked: list[_Unpacked]) -> list[Path]:
         installed: list[Path] = []
-        for item, source in unpacked:
+        for item in unpacked:
             dest = self.root / item.name
             if dest.exists() or dest.is_symlink():
-                os.rename(dest, self.staging / f"replaced-{item.index}")
-            os.rename(source, dest)
+                os.rename(dest, self.staging_dir() / f"replaced-{item.index}")
+            os.rename(item.folder, dest)
             installed.append(dest)
         return installed
 
-    def _owner(self) -> tuple[int, int] | None:
+    def _owner(self) -> Owner | None:
         """Files go to the browser user when the daemon runs as root (and does not act as
         that user already)."""
         if os.geteuid() != 0 or not self.settings.default_user or (
@@ -272,45 +257,4 @@ class ExtensionUpload:
             entry = pwd.getpwnam(self.settings.default_user)
         except KeyError:
             return None
-        return entry.pw_uid, entry.pw_gid
-
-    def _unpack(self, item: _Checked, target: Path, owner: tuple[int, int] | None) -> None:
-        limit = self.settings.zip_max_bytes
-        target.mkdir(mode=0o755)
-        if owner:
-            os.chown(target, *owner)
-        try:
-            self._extract(item, target, limit)
-        except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
-            where = f"extensions[{item.index}].zip_file"
-            raise BadRequest(f"{where} is corrupt: {exc}",
-                             details=[field_error(where, "is corrupt")]) from None
-        if owner:
-            for dirpath, dirnames, filenames in os.walk(target):
-                for entry_name in dirnames + filenames:
-                    os.chown(os.path.join(dirpath, entry_name), *owner)
-
-    def _extract(self, item: _Checked, target: Path, limit: int) -> None:
-        total = 0
-        with zipfile.ZipFile(item.zip_path) as archive:
-            for member in item.members:
-                name = member.filename.replace("\\", "/")
-                if not name.startswith(item.prefix):
-                    continue
-                relative = name[len(item.prefix):].strip("/")
-                if not relative:
-                    continue
-                path = target / relative
-                if member.is_dir():
-                    path.mkdir(mode=0o755, parents=True, exist_ok=True)
-                    continue
-                path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-                with archive.open(member) as src, open(path, "wb") as out:
-                    while chunk := src.read(COPY_CHUNK):
-                        total += len(chunk)
-                        if total > limit:  # sizes in a zip's directory can lie
-                            raise PayloadTooLarge(
-                                f"extensions[{item.index}].zip_file unpacks to more than "
-                                f"{limit} bytes")
-                        out.write(chunk)
-                os.chmod(path, 0o644)
+        return Owner(entry.pw_uid, entry.pw_gid)

@@ -31,13 +31,19 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from agent.errors import (
-    AgentError,
     BadRequest,
     Conflict,
     Forbidden,
-    NotFound,
-    PayloadTooLarge,
     field_error,
+)
+from agent.fsutil import (
+    Owner,
+    chown,
+    existing_ancestor,
+    make_dirs,
+    mapped,
+    os_error,
+    shown,
 )
 from agent.identity import RESOLVE_NO_SYMLINKS, FsUser, acting_as_root, open_path, run_as
 from agent.paging import Page, paginate
@@ -53,41 +59,7 @@ STAGING_SUFFIX = ".part"
 SETID_BITS = 0o6000
 
 
-class InsufficientStorage(AgentError):
-    status = 507
-    code = "insufficient_storage"
-
-
-class FilesystemError(AgentError):
-    """An OS failure that is neither the caller's fault nor a bug (e.g. EIO)."""
-
-    status = 500
-    code = "filesystem_error"
-
-
 # ---------------------------------------------------------------- paths and errors
-
-
-def check_path(value: Any, field: str = "path") -> str:
-    """An absolute path the OS can take; a 400 naming `field` otherwise.
-
-    The path is passed to the OS as given (no lexical `..` folding, which would disagree
-    with the kernel's resolution through symlinks)."""
-    if not isinstance(value, str) or value == "":
-        raise BadRequest(f"{field} must not be empty",
-                         details=[field_error(field, "must not be empty")])
-    if "\x00" in value:
-        raise BadRequest(f"{field} must not contain a NUL byte",
-                         details=[field_error(field, "must not contain a NUL byte")])
-    if not value.startswith("/"):
-        raise BadRequest(f"{field} must be an absolute path, got {value!r}",
-                         details=[field_error(field, "must be an absolute path")])
-    try:
-        os.fsencode(value)
-    except UnicodeEncodeError:
-        raise BadRequest(f"{field} is not a valid file name encoding",
-                         details=[field_error(field, "is not valid UTF-8")]) from None
-    return value
 
 
 def parse_mode(text: str | None, field: str = "mode") -> int | None:
@@ -105,78 +77,7 @@ def parse_mode(text: str | None, field: str = "mode") -> int | None:
     return mode
 
 
-def shown(path: str) -> str:
-    """A path as text for JSON: bytes that are not UTF-8 become U+FFFD."""
-    return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-
-
-def os_error(exc: OSError, path: str, action: str) -> AgentError:
-    """The client-facing error for an OS failure of `action` on `path`."""
-    where = shown(path)
-    reason = exc.strerror or str(exc)
-    code = exc.errno
-    if code == errno.ENOENT:
-        return NotFound(f"no such file or directory: {where}")
-    if code in (errno.EACCES, errno.EPERM):
-        return Forbidden(f"permission denied: cannot {action} {where}")
-    if code == errno.EROFS:
-        return Forbidden(f"read-only file system: cannot {action} {where}")
-    if code == errno.EEXIST:
-        return Conflict(f"already exists: {where}")
-    if code in (errno.ENOTEMPTY, errno.EBUSY, errno.ETXTBSY):
-        return Conflict(f"cannot {action} {where}: {reason}")
-    if code == errno.EISDIR:
-        return BadRequest(f"is a directory: {where}")
-    if code == errno.ENOTDIR:
-        return BadRequest(f"not a directory: a component of {where} is not a directory")
-    if code in (errno.ENOSPC, errno.EDQUOT):
-        return InsufficientStorage(f"no space left to {action} {where}")
-    if code == errno.EFBIG:
-        return PayloadTooLarge(f"file too large: {where}")
-    if code in (errno.ENAMETOOLONG, errno.ELOOP, errno.EINVAL, errno.EXDEV, errno.EMLINK,
-                errno.ENXIO, errno.ENODEV, errno.EOVERFLOW):
-        return BadRequest(f"cannot {action} {where}: {reason}")
-    log.warning("%s %s failed: %s", action, where, exc)
-    return FilesystemError(f"cannot {action} {where}: {reason}")
-
-
-@contextlib.contextmanager
-def mapped(path: str, action: str) -> Any:
-    """Turn OSErrors raised inside the block into the daemon's errors."""
-    try:
-        yield
-    except AgentError:
-        raise
-    except OSError as exc:
-        raise os_error(exc, path, action) from None
-    except (ValueError, OverflowError) as exc:
-        raise BadRequest(f"cannot {action} {shown(path)}: {exc}") from None
-
-
 # ---------------------------------------------------------------- ownership
-
-
-@dataclass(frozen=True)
-class Owner:
-    uid: int
-    gid: int
-
-
-def default_owner(user: str | None) -> Owner | None:
-    """Who should own what the daemon creates: the default user when running as root."""
-    if not user or os.geteuid() != 0:
-        return None
-    try:
-        entry = pwd.getpwnam(user)
-    except KeyError:
-        log.warning("default user %r does not exist; created files stay root's", user)
-        return None
-    return Owner(entry.pw_uid, entry.pw_gid)
-
-
-def _chown(path: str, owner: Owner | None, *, follow: bool = True) -> None:
-    if owner is not None:
-        os.chown(path, owner.uid, owner.gid, follow_symlinks=follow)
 
 
 def resolve_ids(owner: str | None, group: str | None) -> tuple[int, int]:
@@ -272,41 +173,6 @@ def list_page(path: str, limit: int | None, cursor: str | None) -> Page[dict[str
 
 
 # ---------------------------------------------------------------- directories
-
-
-def _existing_ancestor(path: str) -> tuple[str, os.stat_result, list[str]]:
-    """The nearest existing ancestor of `path` (itself included), its stat, and the
-    missing paths below it, deepest first."""
-    missing: list[str] = []
-    current = path.rstrip("/") or "/"
-    while True:
-        try:
-            return current, os.stat(current), missing
-        except (FileNotFoundError, NotADirectoryError):
-            parent = os.path.dirname(current)
-            if parent == current:
-                raise
-            missing.append(current)
-            current = parent
-
-
-def make_dirs(path: str, mode: int, owner: Owner | None) -> list[str]:
-    """mkdir -p; every directory created gets `mode` and `owner`. Returns those created."""
-    current, st, missing = _existing_ancestor(path)
-    if not stat.S_ISDIR(st.st_mode):
-        raise Conflict(f"{shown(current)} exists and is not a directory")
-    created: list[str] = []
-    for directory in reversed(missing):
-        try:
-            os.mkdir(directory, 0o700)
-        except FileExistsError:
-            if not os.path.isdir(directory):
-                raise Conflict(f"{shown(directory)} exists and is not a directory") from None
-            continue
-        _chown(directory, owner)
-        os.chmod(directory, mode)
-        created.append(directory)
-    return created
 
 
 def create_directory(path: str, mode: int, owner: Owner | None) -> None:
@@ -482,7 +348,7 @@ def staging_dir(dest: str) -> str:
     """Where to stage a file bound for `dest`: beside it, or in its nearest existing
     ancestor (missing parents are created only when the file is placed), so the final
     rename stays on one file system."""
-    current, st, _ = _existing_ancestor(os.path.dirname(dest.rstrip("/")) or "/")
+    current, st, _ = existing_ancestor(os.path.dirname(dest.rstrip("/")) or "/")
     if not stat.S_ISDIR(st.st_mode):
         raise BadRequest(f"{shown(current)} is not a directory")
     return current
@@ -601,7 +467,7 @@ def place(staged: str, dest: str, mode: int | None, owner: Owner | None) -> None
             if existing is not None and acting_as_root():
                 os.chown(staged, existing.st_uid, existing.st_gid)
             else:
-                _chown(staged, owner)
+                chown(staged, owner)
             os.chmod(staged, final_mode)
             try:
                 os.replace(staged, target)

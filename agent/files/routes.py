@@ -27,12 +27,14 @@ from dataclasses import dataclass
 
 from aiohttp import BodyPartReader, MultipartReader, web
 
+from agent import fsutil
 from agent.aio import run_to_end
 from agent.appkeys import FS_USER, SETTINGS
+from agent.archives import extract_zip
 from agent.auth import require_scope
 from agent.errors import AgentError, BadRequest, PayloadTooLarge, field_error
 from agent.files import ops
-from agent.files.archives import DirZip, extract_zip
+from agent.files.archives import DirZip
 from agent.files.watches import WatchManager
 from agent.identity import FsUser
 from agent.paging import next_link
@@ -91,7 +93,7 @@ async def _body(request: web.Request) -> AsyncIterator[bytes]:
 
 @routes.get("/fs/read_file")
 async def read_file(request: web.Request) -> web.StreamResponse:
-    path = ops.check_path(request_query(request)["path"])
+    path = fsutil.check_path(request_query(request)["path"])
     handle = await _fs(request).run(ops.open_for_read, path)
     try:
         last_modified = email.utils.formatdate(handle.mtime, usegmt=True)
@@ -153,7 +155,7 @@ async def _read_unsized(request: web.Request, response: web.StreamResponse,
             total += len(chunk)
             if total > cap:
                 log.warning("read_file: %s holds more than %d bytes (AGENT_UNSIZED_READ_MAX); "
-                            "response cut", ops.shown(request.query.get("path", "?")), cap)
+                            "response cut", fsutil.shown(request.query.get("path", "?")), cap)
                 return _abort(request, response)
     except ConnectionError:
         pass
@@ -163,7 +165,7 @@ async def _read_unsized(request: web.Request, response: web.StreamResponse,
 @routes.get("/fs/list_files")
 async def list_files(request: web.Request) -> web.Response:
     query = request_query(request)
-    path = ops.check_path(query["path"])
+    path = fsutil.check_path(query["path"])
     # Listed and serialised in a thread: a directory of 100,000 entries does not hold up
     # the event loop (and the other requests) while its JSON is built.
     body, next_cursor = await _fs(request).run(_listing_json, path, query["limit"],
@@ -181,7 +183,7 @@ def _listing_json(path: str, limit: int, cursor: str | None) -> tuple[bytes, str
 
 @routes.get("/fs/file_info")
 async def file_info(request: web.Request) -> web.Response:
-    path = ops.check_path(request_query(request)["path"])
+    path = fsutil.check_path(request_query(request)["path"])
     return web.json_response(await _fs(request).run(ops.file_info, path))
 
 
@@ -191,7 +193,7 @@ async def file_info(request: web.Request) -> web.Response:
 @routes.put("/fs/write_file")
 async def write_file(request: web.Request) -> web.Response:
     query = request_query(request)
-    path = ops.check_path(query["path"])
+    path = fsutil.check_path(query["path"])
     mode = _mode(request, query.get("mode"))
     await ops.write_file(path, _body(request), mode, None, _fs(request))
     return web.Response(status=201)
@@ -200,7 +202,7 @@ async def write_file(request: web.Request) -> web.Response:
 @routes.put("/fs/create_directory")
 async def create_directory(request: web.Request) -> web.Response:
     body = await request_json(request)
-    path = ops.check_path(body["path"])
+    path = fsutil.check_path(body["path"])
     mode = _mode(request, body.get("mode"))
     await _fs(request).run(ops.create_directory, path, 0o755 if mode is None else mode, None)
     return web.Response(status=201)
@@ -209,22 +211,22 @@ async def create_directory(request: web.Request) -> web.Response:
 @routes.put("/fs/delete_file")
 async def delete_file(request: web.Request) -> web.Response:
     body = await request_json(request)
-    await _fs(request).run(ops.delete_file, ops.check_path(body["path"]))
+    await _fs(request).run(ops.delete_file, fsutil.check_path(body["path"]))
     return web.Response(status=200)
 
 
 @routes.put("/fs/delete_directory")
 async def delete_directory(request: web.Request) -> web.Response:
     body = await request_json(request)
-    await _fs(request).run(ops.delete_directory, ops.check_path(body["path"]))
+    await _fs(request).run(ops.delete_directory, fsutil.check_path(body["path"]))
     return web.Response(status=200)
 
 
 @routes.put("/fs/move")
 async def move(request: web.Request) -> web.Response:
     body = await request_json(request)
-    src = ops.check_path(body["src_path"], "src_path")
-    dest = ops.check_path(body["dest_path"], "dest_path")
+    src = fsutil.check_path(body["src_path"], "src_path")
+    dest = fsutil.check_path(body["dest_path"], "dest_path")
     await _fs(request).run(ops.move, src, dest)
     return web.Response(status=200)
 
@@ -232,7 +234,7 @@ async def move(request: web.Request) -> web.Response:
 @routes.put("/fs/set_file_permissions")
 async def set_file_permissions(request: web.Request) -> web.Response:
     body = await request_json(request)
-    path = ops.check_path(body["path"])
+    path = fsutil.check_path(body["path"])
     if body.get("owner") is not None or body.get("group") is not None:
         require_scope(request, "admin", "changing a file's owner or group")
     mode = _mode(request, body["mode"])
@@ -308,7 +310,7 @@ async def _stage_near(fs: FsUser, dest: str | None, chunks: AsyncIterator[bytes]
     directory = tempfile.gettempdir()
     if dest is not None:
         target = ops.write_target(dest)
-        with ops.mapped(dest, "write"):
+        with fsutil.mapped(dest, "write"):
             directory = await fs.run(ops.staging_dir, target)
     staged, _size = await ops.stage(chunks, directory, fs, dest)
     return staged
@@ -342,7 +344,7 @@ class _Upload:
     staged: str | None = None
 
 
-def _place_all(uploads: dict[int, _Upload], owner: ops.Owner | None) -> None:
+def _place_all(uploads: dict[int, _Upload], owner: fsutil.Owner | None) -> None:
     for index, entry in sorted(uploads.items()):
         assert entry.staged is not None and entry.dest is not None
         with _about(f"files[{index}].dest_path"):
@@ -363,7 +365,7 @@ async def upload(request: web.Request) -> web.Response:
                 if entry.dest is not None:
                     raise BadRequest(f"{label} given twice", details=[field_error(label,
                                                                                   "given twice")])
-                entry.dest = ops.check_path(await _text_field(part, label, stall), label)
+                entry.dest = fsutil.check_path(await _text_field(part, label, stall), label)
             else:
                 if entry.staged is not None:
                     raise BadRequest(f"{label} given twice", details=[field_error(label,
@@ -420,7 +422,7 @@ async def upload_zip(request: web.Request) -> web.Response:
     try:
         async for part in _parts(request):
             if part.name == "dest_path" and dest is None:
-                dest = ops.check_path(await _text_field(part, "dest_path", stall), "dest_path")
+                dest = fsutil.check_path(await _text_field(part, "dest_path", stall), "dest_path")
             elif part.name == "zip_file" and staged is None:
                 staged = await _stage_near(_fs(request), dest,
                                            _part_chunks(part, "zip_file", stall))
@@ -446,7 +448,7 @@ async def upload_zip(request: web.Request) -> web.Response:
 
 @routes.get("/fs/download_dir_zip")
 async def download_dir_zip(request: web.Request) -> web.StreamResponse:
-    path = ops.check_path(request_query(request)["path"])
+    path = fsutil.check_path(request_query(request)["path"])
     await _fs(request).run(DirZip.check, path)
     name = os.path.basename(path.rstrip("/")) or "root"
     fallback = re.sub(r'[^A-Za-z0-9._ -]', "_", name)
@@ -479,7 +481,7 @@ async def download_dir_zip(request: web.Request) -> web.StreamResponse:
 @routes.post("/fs/watch")
 async def start_watch(request: web.Request) -> web.Response:
     body = await request_json(request)
-    path = ops.check_path(body["path"])
+    path = fsutil.check_path(body["path"])
     watch = await request.app[WATCHES].start(path, bool(body.get("recursive", False)))
     return web.json_response({"watch_id": watch.id}, status=201)
 

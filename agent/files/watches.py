@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.errors import BadRequest, NotFound, TooManyRequests, Unavailable
-from agent.files.ops import mapped, shown
+from agent.fsutil import mapped, shown
 from agent.identity import FsUser, run_as
 from agent.streams import EventLog
 

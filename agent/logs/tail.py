@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import os
 import stat
@@ -32,7 +31,8 @@ from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import Executor, Future
 from typing import Any, TypeVar
 
-from agent.errors import AgentError, BadRequest, Forbidden, NotFound, field_error
+from agent.errors import AgentError, BadRequest, field_error
+from agent.fsutil import check_path, os_error
 from agent.identity import open_path
 
 log = logging.getLogger(__name__)
@@ -139,27 +139,12 @@ def tail_offset(fd: int, size: int, lines: int | None,
     return floor
 
 
-def _open_error(path: str, exc: OSError) -> AgentError:
-    if isinstance(exc, FileNotFoundError | NotADirectoryError):
-        return NotFound(f"no such file: {path}")
-    if isinstance(exc, PermissionError):
-        return Forbidden(f"permission denied: {path}")
-    if isinstance(exc, IsADirectoryError):
-        return BadRequest(f"{path} is a directory, not a log file",
-                          details=[field_error("path", "is a directory")])
-    if exc.errno == errno.ELOOP:
-        return BadRequest(f"too many levels of symbolic links: {path}",
-                          details=[field_error("path", "has a symbolic link loop")])
-    return BadRequest(f"cannot open {path}: {exc.strerror or exc}",
-                      details=[field_error("path", exc.strerror or str(exc))])
-
-
 def open_log_file(path: str) -> tuple[int, os.stat_result]:
     """Open a regular file for tailing (blocking; run it off the loop)."""
     try:
         fd = open_path(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as exc:
-        raise _open_error(path, exc) from None
+        raise os_error(exc, path, "open") from None
     try:
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
@@ -172,17 +157,6 @@ def open_log_file(path: str) -> tuple[int, os.stat_result]:
         os.close(fd)
         raise
     return fd, st
-
-
-def check_path(path: str, field: str = "path") -> None:
-    if not path:
-        raise BadRequest(f"{field} must not be empty", details=[field_error(field, "is empty")])
-    if "\0" in path:
-        raise BadRequest(f"{field} must not contain NUL bytes",
-                         details=[field_error(field, "contains a NUL byte")])
-    if not os.path.isabs(path):
-        raise BadRequest(f"{field} must be an absolute path, got {path!r}",
-                         details=[field_error(field, "must be an absolute path")])
 
 
 class FileTailer:
@@ -240,7 +214,7 @@ class FileTailer:
             self._pos = tail_offset(fd, st.st_size, self._tail)
         except OSError as exc:
             os.close(fd)
-            raise _open_error(self.path, exc) from None
+            raise os_error(exc, self.path, "open") from None
         self._fd = fd
         self._ino = (st.st_dev, st.st_ino)
         if not self._follow:

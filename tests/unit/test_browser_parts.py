@@ -3,8 +3,8 @@ raw header splitting, the zip checks of extensions (no Chromium needed)."""
 
 from __future__ import annotations
 
-import asyncio
 import io
+import stat
 import zipfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -82,19 +82,54 @@ async def chunks(data: bytes) -> AsyncIterator[bytes]:
     ({"a/manifest.json": b"{}", "b/x.js": b"x"}, "must contain manifest.json"),
     ({"manifest.json": b"[1, 2]"}, "not a JSON object"),
     ({"manifest.json": b"{nope"}, "unreadable manifest.json"),
-    ({"manifest.json": b"{}", "../escape.js": b"x"}, "unsafe entry"),
-    ({"manifest.json": b"{}", "/abs.js": b"x"}, "unsafe entry"),
+    ({"manifest.json": b"{}", "../escape.js": b"x"}, "escapes the destination"),
+    ({"manifest.json": b"{}", "/abs.js": b"x"}, "has an absolute name"),
 ])
-async def test_zips_are_checked_before_anything_is_unpacked(
+async def test_zips_are_checked_before_anything_is_installed(
         tmp_path: Path, files: dict[str, bytes], message: str) -> None:
     settings = make_settings(extensions_dir=str(tmp_path / "ext"))
     async with ExtensionUpload(settings) as upload:
         upload.set_name(0, b"one")
         await upload.add_zip(0, chunks(zip_bytes(files)))
         with pytest.raises(BadRequest) as refused:
-            await asyncio.to_thread(upload._check_zip, 0, "one", upload.pending[0].zip_path)
+            await upload.prepare()
         assert message in refused.value.message
+        assert refused.value.details[0]["field"] == "extensions[0].zip_file"
     assert list((tmp_path / "ext").iterdir()) == []  # the staging directory is gone
+
+
+async def test_a_symlink_out_of_the_extension_is_refused_and_nothing_is_left(
+        tmp_path: Path) -> None:
+    """The extractor file uploads use: a link may point within the extension, not out."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("manifest.json", b"{}")
+        link = zipfile.ZipInfo("secrets")
+        link.external_attr = (stat.S_IFLNK | 0o777) << 16
+        archive.writestr(link, "/etc")
+    settings = make_settings(extensions_dir=str(tmp_path / "ext"))
+    async with ExtensionUpload(settings) as upload:
+        upload.set_name(0, b"one")
+        await upload.add_zip(0, chunks(buffer.getvalue()))
+        with pytest.raises(BadRequest) as refused:
+            await upload.prepare()
+        assert "points outside the destination" in refused.value.message
+    assert list((tmp_path / "ext").iterdir()) == []
+
+
+async def test_a_zip_that_inflates_past_the_cap_is_a_413_naming_the_part(
+        tmp_path: Path) -> None:
+    settings = make_settings(extensions_dir=str(tmp_path / "ext"), zip_max_bytes=50_000)
+    async with ExtensionUpload(settings) as upload:
+        upload.set_name(0, b"one")
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr("manifest.json", b"{}")
+            archive.writestr("big.js", b"x" * 100_000)  # about 200 bytes deflated
+        await upload.add_zip(0, chunks(buffer.getvalue()))
+        with pytest.raises(PayloadTooLarge) as refused:
+            await upload.prepare()
+        assert refused.value.details[0]["field"] == "extensions[0].zip_file"
 
 
 async def test_a_zip_larger_than_the_cap_is_a_413(tmp_path: Path) -> None:

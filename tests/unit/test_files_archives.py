@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from agent.archives import declared_entries, extract_zip
 from agent.errors import BadRequest, PayloadTooLarge
-from agent.files.archives import DirZip, declared_entries, extract_zip
+from agent.files.archives import DirZip
 
 MAX_ENTRIES = 100
 MAX_BYTES = 1 << 20
