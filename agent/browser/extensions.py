@@ -32,12 +32,9 @@ from agent.config import Settings
 from agent.errors import BadRequest, PayloadTooLarge, field_error
 from agent.fsutil import Owner
 from agent.identity import FsUser, run_as
+from agent.multipart import IndexedFields
 
 NAME = re.compile(r"^[a-zA-Z0-9._-]{1,255}$")
-# extensions[0][zip_file], extensions[0].zip_file, extensions.0.zip_file, and what the
-# Kernel SDKs send: extensions[][zip_file] (the n-th such part belongs to extension n).
-FIELD = re.compile(r"^extensions(?:\[(\d*)\]|\.(\d+))(?:\[(\w+)\]|\.(\w+))$")
-KEYS = ("zip_file", "name")
 MAX_EXTENSIONS = 64
 MAX_NAME_PART_BYTES = 1024
 
@@ -50,29 +47,6 @@ def extensions_root(settings: Settings) -> Path:
         with contextlib.suppress(KeyError):
             return Path(pwd.getpwnam(settings.default_user).pw_dir) / "extensions"
     return Path.home() / "extensions"
-
-
-def parse_field(name: str, positions: dict[str, int]) -> tuple[int, str]:
-    """(extension index, key) of a multipart field name; `positions` counts the
-    index-less parts per key."""
-    match = FIELD.match(name or "")
-    key = (match.group(3) or match.group(4)) if match else None
-    if match is None or key not in KEYS:
-        raise BadRequest(f"unexpected form field {name!r}; expected extensions[i][zip_file] "
-                         "and extensions[i][name]",
-                         details=[field_error(name or "form", "is not a known field",
-                                              "unknown_field")])
-    assert key is not None
-    digits = match.group(1) if match.group(1) is not None else match.group(2)
-    if digits:
-        index = int(digits)
-    else:
-        index = positions.get(key, 0)
-        positions[key] = index + 1
-    if index >= MAX_EXTENSIONS:
-        raise BadRequest(f"at most {MAX_EXTENSIONS} extensions per upload",
-                         details=[field_error(f"extensions[{index}]", "index too large")])
-    return index, key
 
 
 @dataclass
@@ -99,7 +73,7 @@ class ExtensionUpload:
         self.root = extensions_root(settings)
         self.staging: Path | None = None
         self.pending: dict[int, _Pending] = {}
-        self.positions: dict[str, int] = {}
+        self.fields = IndexedFields("extensions", ("zip_file", "name"), MAX_EXTENSIONS)
 
     async def __aenter__(self) -> ExtensionUpload:
         def make() -> Path:
@@ -119,7 +93,7 @@ class ExtensionUpload:
             await run_as(self.fs, shutil.rmtree, self.staging, True)
 
     def field(self, name: str) -> tuple[int, str]:
-        return parse_field(name, self.positions)
+        return self.fields.parse(name)
 
     async def add_zip(self, index: int, chunks: AsyncIterator[bytes]) -> None:
         entry = self.pending.setdefault(index, _Pending())

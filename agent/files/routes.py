@@ -37,6 +37,7 @@ from agent.files import ops
 from agent.files.archives import DirZip
 from agent.files.watches import WatchManager
 from agent.identity import FsUser
+from agent.multipart import IndexedFields
 from agent.paging import next_link
 from agent.ranges import byte_range
 from agent.spec import RequestTimeout, body_timeout, request_json, request_query
@@ -316,28 +317,6 @@ async def _stage_near(fs: FsUser, dest: str | None, chunks: AsyncIterator[bytes]
     return staged
 
 
-_UPLOAD_FIELD = re.compile(
-    r"^files(?:\[(?P<i>\d+)\]|\.(?P<j>\d+))(?:\[(?P<f>file|dest_path)\]|\.(?P<g>file|dest_path))$"
-)
-
-
-def _upload_field(name: str | None) -> tuple[int, str]:
-    """`files[0][file]`, `files[0].file`, `files.0.file` (and `file`/`dest_path` for a
-    single file) as (index, field)."""
-    if name in ("file", "dest_path"):
-        return 0, name
-    match = _UPLOAD_FIELD.match(name or "")
-    if match is None:
-        raise BadRequest(f"unknown form field {name!r}: expected files[N][file] and "
-                         "files[N][dest_path]",
-                         details=[field_error(name or "(unnamed)", "unknown form field",
-                                              "unknown_field")])
-    index = int(match["i"] or match["j"])
-    if index > MAX_UPLOAD_INDEX:
-        raise BadRequest(f"upload index too large: {index}")
-    return index, match["f"] or match["g"]
-
-
 @dataclass
 class _Upload:
     dest: str | None = None
@@ -356,9 +335,12 @@ def _place_all(uploads: dict[int, _Upload], owner: fsutil.Owner | None) -> None:
 async def upload(request: web.Request) -> web.Response:
     uploads: dict[int, _Upload] = {}
     stall = request.app[SETTINGS].body_timeout_s
+    # `file` and `dest_path` alone name a single file
+    fields = IndexedFields("files", ("file", "dest_path"), MAX_UPLOAD_INDEX + 1,
+                           singles=("file", "dest_path"))
     try:
         async for part in _parts(request):
-            index, kind = _upload_field(part.name)
+            index, kind = fields.parse(part.name)
             entry = uploads.setdefault(index, _Upload())
             label = f"files[{index}].{kind}"
             if kind == "dest_path":

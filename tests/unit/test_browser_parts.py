@@ -12,25 +12,10 @@ from pathlib import Path
 import pytest
 
 from agent.browser.curl import CurlRequest, CurlTransportError, _raw_headers
-from agent.browser.extensions import ExtensionUpload, parse_field
+from agent.browser.extensions import ExtensionUpload
 from agent.browser.net_errors import net_error_code
 from agent.config import make_settings
 from agent.errors import BadRequest, PayloadTooLarge
-
-
-def test_field_names_in_every_accepted_form() -> None:
-    positions: dict[str, int] = {}
-    assert parse_field("extensions[3][zip_file]", positions) == (3, "zip_file")
-    assert parse_field("extensions[3].name", positions) == (3, "name")
-    assert parse_field("extensions.2.name", positions) == (2, "name")
-    # What the Kernel SDKs send: the n-th part of each key is extension n.
-    assert parse_field("extensions[][name]", positions) == (0, "name")
-    assert parse_field("extensions[][name]", positions) == (1, "name")
-    assert parse_field("extensions[][zip_file]", positions) == (0, "zip_file")
-    for bad in ("extensions", "extensions[0]", "extensions[0][other]", "zip_file", "",
-                "extensions[x][name]", "extensions[999][name]"):
-        with pytest.raises(BadRequest):
-            parse_field(bad, {})
 
 
 def test_net_error_names_map_to_chromiums_codes() -> None:
