@@ -22,7 +22,7 @@ import zlib
 from dataclasses import dataclass, field
 
 from agent.errors import BadRequest, PayloadTooLarge
-from agent.fsutil import Owner, make_dirs, mapped, shown
+from agent.osutil import Owner, make_dirs, mapped, shown
 
 COPY_CHUNK = 1 << 20
 MAX_LINK_TARGET = 4096

@@ -25,7 +25,6 @@ import asyncio
 import codecs
 import contextlib
 import ctypes
-import ctypes.util
 import encodings
 import errno
 import functools
@@ -41,6 +40,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from agent.osutil import libc
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -51,8 +52,7 @@ _SYSCALLS = {
     "aarch64": {"setgroups": 159, "setfsuid": 151, "setfsgid": 152, "openat2": 437},
 }
 _NR = _SYSCALLS.get(platform.machine(), {})
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-_syscall = _libc.syscall
+_syscall = libc().syscall
 _syscall.restype = ctypes.c_long
 
 RESOLVE_NO_SYMLINKS = 0x04

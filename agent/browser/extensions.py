@@ -30,9 +30,9 @@ from agent.browser import chromium
 from agent.browser.cdp import CdpManager
 from agent.config import Settings
 from agent.errors import BadRequest, PayloadTooLarge, field_error
-from agent.fsutil import Owner
 from agent.identity import FsUser, run_as
 from agent.multipart import IndexedFields
+from agent.osutil import Owner
 
 NAME = re.compile(r"^[a-zA-Z0-9._-]{1,255}$")
 MAX_EXTENSIONS = 64

@@ -16,7 +16,6 @@ answered again (after one round trip to make sure no notify is still in flight).
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import io
 import logging
@@ -35,6 +34,7 @@ from zlib_ng import zlib_ng
 
 from agent.computer.display import drain_events
 from agent.errors import BadRequest, DisplayUnavailable, field_error
+from agent.osutil import libc
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +190,7 @@ def release_free_memory() -> None:
 @functools.cache
 def _malloc_trim() -> Any:
     try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
+        return libc().malloc_trim
     except (OSError, AttributeError):
         return None
 

@@ -21,8 +21,8 @@ import zlib
 from collections.abc import AsyncIterator
 
 from agent.errors import AgentError, BadRequest
-from agent.fsutil import mapped, shown
 from agent.identity import FsUser, open_path
+from agent.osutil import mapped, shown
 
 log = logging.getLogger(__name__)
 

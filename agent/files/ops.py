@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import grp
 import logging
@@ -36,16 +35,17 @@ from agent.errors import (
     Forbidden,
     field_error,
 )
-from agent.fsutil import (
+from agent.identity import RESOLVE_NO_SYMLINKS, FsUser, acting_as_root, open_path, run_as
+from agent.osutil import (
     Owner,
     chown,
     existing_ancestor,
+    libc,
     make_dirs,
     mapped,
     os_error,
     shown,
 )
-from agent.identity import RESOLVE_NO_SYMLINKS, FsUser, acting_as_root, open_path, run_as
 from agent.paging import Page, paginate
 
 log = logging.getLogger(__name__)
@@ -214,12 +214,11 @@ def delete_directory(path: str) -> None:
 
 _RENAME_NOREPLACE = 1
 _AT_FDCWD = -100
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
 def _rename_noreplace(src: str, dest: str) -> None:
     """rename(2) that fails with EEXIST instead of replacing an existing destination."""
-    renameat2 = getattr(_libc, "renameat2", None)
+    renameat2 = getattr(libc(), "renameat2", None)
     if renameat2 is not None:
         result = renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dest),
                            _RENAME_NOREPLACE)

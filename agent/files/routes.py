@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from aiohttp import BodyPartReader, MultipartReader, web
 
-from agent import fsutil
+from agent import osutil
 from agent.aio import run_to_end
 from agent.appkeys import FS_USER, SETTINGS
 from agent.archives import extract_zip
@@ -94,7 +94,7 @@ async def _body(request: web.Request) -> AsyncIterator[bytes]:
 
 @routes.get("/fs/read_file")
 async def read_file(request: web.Request) -> web.StreamResponse:
-    path = fsutil.check_path(request_query(request)["path"])
+    path = osutil.check_path(request_query(request)["path"])
     handle = await _fs(request).run(ops.open_for_read, path)
     try:
         last_modified = email.utils.formatdate(handle.mtime, usegmt=True)
@@ -156,7 +156,7 @@ async def _read_unsized(request: web.Request, response: web.StreamResponse,
             total += len(chunk)
             if total > cap:
                 log.warning("read_file: %s holds more than %d bytes (AGENT_UNSIZED_READ_MAX); "
-                            "response cut", fsutil.shown(request.query.get("path", "?")), cap)
+                            "response cut", osutil.shown(request.query.get("path", "?")), cap)
                 return _abort(request, response)
     except ConnectionError:
         pass
@@ -166,7 +166,7 @@ async def _read_unsized(request: web.Request, response: web.StreamResponse,
 @routes.get("/fs/list_files")
 async def list_files(request: web.Request) -> web.Response:
     query = request_query(request)
-    path = fsutil.check_path(query["path"])
+    path = osutil.check_path(query["path"])
     # Listed and serialised in a thread: a directory of 100,000 entries does not hold up
     # the event loop (and the other requests) while its JSON is built.
     body, next_cursor = await _fs(request).run(_listing_json, path, query["limit"],
@@ -184,7 +184,7 @@ def _listing_json(path: str, limit: int, cursor: str | None) -> tuple[bytes, str
 
 @routes.get("/fs/file_info")
 async def file_info(request: web.Request) -> web.Response:
-    path = fsutil.check_path(request_query(request)["path"])
+    path = osutil.check_path(request_query(request)["path"])
     return web.json_response(await _fs(request).run(ops.file_info, path))
 
 
@@ -194,7 +194,7 @@ async def file_info(request: web.Request) -> web.Response:
 @routes.put("/fs/write_file")
 async def write_file(request: web.Request) -> web.Response:
     query = request_query(request)
-    path = fsutil.check_path(query["path"])
+    path = osutil.check_path(query["path"])
     mode = _mode(request, query.get("mode"))
     await ops.write_file(path, _body(request), mode, None, _fs(request))
     return web.Response(status=201)
@@ -203,7 +203,7 @@ async def write_file(request: web.Request) -> web.Response:
 @routes.put("/fs/create_directory")
 async def create_directory(request: web.Request) -> web.Response:
     body = await request_json(request)
-    path = fsutil.check_path(body["path"])
+    path = osutil.check_path(body["path"])
     mode = _mode(request, body.get("mode"))
     await _fs(request).run(ops.create_directory, path, 0o755 if mode is None else mode, None)
     return web.Response(status=201)
@@ -212,22 +212,22 @@ async def create_directory(request: web.Request) -> web.Response:
 @routes.put("/fs/delete_file")
 async def delete_file(request: web.Request) -> web.Response:
     body = await request_json(request)
-    await _fs(request).run(ops.delete_file, fsutil.check_path(body["path"]))
+    await _fs(request).run(ops.delete_file, osutil.check_path(body["path"]))
     return web.Response(status=200)
 
 
 @routes.put("/fs/delete_directory")
 async def delete_directory(request: web.Request) -> web.Response:
     body = await request_json(request)
-    await _fs(request).run(ops.delete_directory, fsutil.check_path(body["path"]))
+    await _fs(request).run(ops.delete_directory, osutil.check_path(body["path"]))
     return web.Response(status=200)
 
 
 @routes.put("/fs/move")
 async def move(request: web.Request) -> web.Response:
     body = await request_json(request)
-    src = fsutil.check_path(body["src_path"], "src_path")
-    dest = fsutil.check_path(body["dest_path"], "dest_path")
+    src = osutil.check_path(body["src_path"], "src_path")
+    dest = osutil.check_path(body["dest_path"], "dest_path")
     await _fs(request).run(ops.move, src, dest)
     return web.Response(status=200)
 
@@ -235,7 +235,7 @@ async def move(request: web.Request) -> web.Response:
 @routes.put("/fs/set_file_permissions")
 async def set_file_permissions(request: web.Request) -> web.Response:
     body = await request_json(request)
-    path = fsutil.check_path(body["path"])
+    path = osutil.check_path(body["path"])
     if body.get("owner") is not None or body.get("group") is not None:
         require_scope(request, "admin", "changing a file's owner or group")
     mode = _mode(request, body["mode"])
@@ -311,7 +311,7 @@ async def _stage_near(fs: FsUser, dest: str | None, chunks: AsyncIterator[bytes]
     directory = tempfile.gettempdir()
     if dest is not None:
         target = ops.write_target(dest)
-        with fsutil.mapped(dest, "write"):
+        with osutil.mapped(dest, "write"):
             directory = await fs.run(ops.staging_dir, target)
     staged, _size = await ops.stage(chunks, directory, fs, dest)
     return staged
@@ -323,7 +323,7 @@ class _Upload:
     staged: str | None = None
 
 
-def _place_all(uploads: dict[int, _Upload], owner: fsutil.Owner | None) -> None:
+def _place_all(uploads: dict[int, _Upload], owner: osutil.Owner | None) -> None:
     for index, entry in sorted(uploads.items()):
         assert entry.staged is not None and entry.dest is not None
         with _about(f"files[{index}].dest_path"):
@@ -347,7 +347,7 @@ async def upload(request: web.Request) -> web.Response:
                 if entry.dest is not None:
                     raise BadRequest(f"{label} given twice", details=[field_error(label,
                                                                                   "given twice")])
-                entry.dest = fsutil.check_path(await _text_field(part, label, stall), label)
+                entry.dest = osutil.check_path(await _text_field(part, label, stall), label)
             else:
                 if entry.staged is not None:
                     raise BadRequest(f"{label} given twice", details=[field_error(label,
@@ -404,7 +404,7 @@ async def upload_zip(request: web.Request) -> web.Response:
     try:
         async for part in _parts(request):
             if part.name == "dest_path" and dest is None:
-                dest = fsutil.check_path(await _text_field(part, "dest_path", stall), "dest_path")
+                dest = osutil.check_path(await _text_field(part, "dest_path", stall), "dest_path")
             elif part.name == "zip_file" and staged is None:
                 staged = await _stage_near(_fs(request), dest,
                                            _part_chunks(part, "zip_file", stall))
@@ -430,7 +430,7 @@ async def upload_zip(request: web.Request) -> web.Response:
 
 @routes.get("/fs/download_dir_zip")
 async def download_dir_zip(request: web.Request) -> web.StreamResponse:
-    path = fsutil.check_path(request_query(request)["path"])
+    path = osutil.check_path(request_query(request)["path"])
     await _fs(request).run(DirZip.check, path)
     name = os.path.basename(path.rstrip("/")) or "root"
     fallback = re.sub(r'[^A-Za-z0-9._ -]', "_", name)
@@ -463,7 +463,7 @@ async def download_dir_zip(request: web.Request) -> web.StreamResponse:
 @routes.post("/fs/watch")
 async def start_watch(request: web.Request) -> web.Response:
     body = await request_json(request)
-    path = fsutil.check_path(body["path"])
+    path = osutil.check_path(body["path"])
     watch = await request.app[WATCHES].start(path, bool(body.get("recursive", False)))
     return web.json_response({"watch_id": watch.id}, status=201)
 

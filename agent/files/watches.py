@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import logging
 import os
@@ -35,8 +34,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.errors import BadRequest, NotFound, TooManyRequests, Unavailable
-from agent.fsutil import mapped, shown
 from agent.identity import FsUser, run_as
+from agent.osutil import libc, mapped, shown
 from agent.streams import EventLog
 
 log = logging.getLogger(__name__)
@@ -73,12 +72,12 @@ class _Inotify:
     """The three inotify system calls, through libc."""
 
     def __init__(self) -> None:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        self._add = libc.inotify_add_watch
+        c = libc()
+        self._add = c.inotify_add_watch
         self._add.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
-        self._rm = libc.inotify_rm_watch
+        self._rm = c.inotify_rm_watch
         self._rm.argtypes = [ctypes.c_int, ctypes.c_int]
-        fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+        fd = c.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
         if fd < 0:
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err))

@@ -32,8 +32,8 @@ from concurrent.futures import Executor, Future
 from typing import Any, TypeVar
 
 from agent.errors import AgentError, BadRequest, field_error
-from agent.fsutil import check_path, os_error
 from agent.identity import open_path
+from agent.osutil import check_path, os_error
 
 log = logging.getLogger(__name__)
 

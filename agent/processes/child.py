@@ -13,6 +13,8 @@ import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
+from agent.osutil import proc_stat
+
 log = logging.getLogger(__name__)
 
 SIGNALS: dict[str, signal.Signals] = {
@@ -50,14 +52,8 @@ def live_sessions(sids: Collection[int]) -> dict[int, list[int]]:
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as stat_file:
-                stat = stat_file.read()
-        except OSError:
-            continue
-        # "pid (comm) state ppid pgrp session ..."; comm may hold spaces and parentheses.
-        fields = stat[stat.rfind(b")") + 2:].split()
-        if len(fields) > 3 and fields[0] != b"Z":
+        fields = proc_stat(name)
+        if fields is not None and len(fields) > 3 and fields[0] != b"Z":
             sid = int(fields[3])
             if sid in sids:
                 found.setdefault(sid, []).append(int(name))

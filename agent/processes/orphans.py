@@ -19,6 +19,7 @@ import os
 import signal
 import time
 
+from agent.osutil import libc, proc_stat
 from agent.processes.child import watched_pids
 
 log = logging.getLogger(__name__)
@@ -30,8 +31,7 @@ REAP_DELAY_S = 1.0
 
 
 def become_subreaper() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+    if libc().prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(err)}")
 
@@ -52,12 +52,8 @@ def _children(pid: int) -> list[int]:
 
 
 def _zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat_file:
-            stat = stat_file.read()
-    except OSError:
-        return False
-    return stat[stat.rfind(b")") + 2:].split()[0] == b"Z"
+    fields = proc_stat(pid)
+    return fields is not None and fields[0] == b"Z"
 
 
 def descendants() -> list[int]:

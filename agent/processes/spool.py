@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from agent.errors import BadRequest
+from agent.osutil import proc_stat
 from agent.processes.child import ExitStatus, session_members
 from agent.processes.output import Chunk, Exited, Item, Missed
 from agent.streams import Wakeup
@@ -315,12 +316,8 @@ OWNER = "owner"
 def start_time(pid: int) -> int | None:
     """The process's start time (clock ticks after boot), which tells it from a later
     process that reuses its pid."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat_file:
-            stat = stat_file.read()
-    except OSError:
-        return None
-    return int(stat[stat.rfind(b")") + 2:].split()[19])
+    fields = proc_stat(pid)
+    return None if fields is None else int(fields[19])
 
 
 def record_owner(spool_dir: str, pid: int) -> None:

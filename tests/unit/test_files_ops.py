@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import fsutil
+from agent import osutil
 from agent.errors import BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge
 from agent.files import ops
 from agent.ranges import RangeNotSatisfiable, byte_range
@@ -21,12 +21,12 @@ from agent.ranges import RangeNotSatisfiable, byte_range
 @pytest.mark.parametrize("value", ["", "relative/path", "./x", "~/x", "/a\x00b", "/\udc80\ud800"])
 def test_check_path_rejects_what_is_not_an_absolute_os_path(value: str) -> None:
     with pytest.raises(BadRequest) as info:
-        fsutil.check_path(value, "dest_path")
+        osutil.check_path(value, "dest_path")
     assert info.value.details and info.value.details[0]["field"] == "dest_path"
 
 
 def test_check_path_keeps_absolute_paths_as_given() -> None:
-    assert fsutil.check_path("/tmp/a/../b") == "/tmp/a/../b"
+    assert osutil.check_path("/tmp/a/../b") == "/tmp/a/../b"
 
 
 @pytest.mark.parametrize(("text", "mode"), [("644", 0o644), ("0755", 0o755), ("7777", 0o7777),
@@ -45,11 +45,11 @@ def test_parse_mode_rejects_non_octal(text: str) -> None:
     (errno.ENOENT, NotFound), (errno.EACCES, Forbidden), (errno.EPERM, Forbidden),
     (errno.EEXIST, Conflict), (errno.ENOTEMPTY, Conflict), (errno.EISDIR, BadRequest),
     (errno.ENOTDIR, BadRequest), (errno.ENAMETOOLONG, BadRequest), (errno.ELOOP, BadRequest),
-    (errno.ENOSPC, fsutil.InsufficientStorage), (errno.EFBIG, PayloadTooLarge),
-    (errno.EIO, fsutil.FilesystemError),
+    (errno.ENOSPC, osutil.InsufficientStorage), (errno.EFBIG, PayloadTooLarge),
+    (errno.EIO, osutil.FilesystemError),
 ])
 def test_os_errors_map_to_client_errors(err: int, kind: type[Exception]) -> None:
-    mapped = fsutil.os_error(OSError(err, os.strerror(err)), "/x/y", "read")
+    mapped = osutil.os_error(OSError(err, os.strerror(err)), "/x/y", "read")
     assert isinstance(mapped, kind)
     assert "/x/y" in mapped.message
 
@@ -106,13 +106,13 @@ def test_byte_range() -> None:
 
 
 def test_make_dirs_creates_parents_with_mode(tmp_path: Path) -> None:
-    created = fsutil.make_dirs(str(tmp_path / "a" / "b" / "c"), 0o700, None)
+    created = osutil.make_dirs(str(tmp_path / "a" / "b" / "c"), 0o700, None)
     assert created == [str(tmp_path / p) for p in ("a", "a/b", "a/b/c")]
     assert stat.S_IMODE(os.stat(tmp_path / "a" / "b").st_mode) == 0o700
-    assert fsutil.make_dirs(str(tmp_path / "a"), 0o755, None) == []
+    assert osutil.make_dirs(str(tmp_path / "a"), 0o755, None) == []
     (tmp_path / "file").write_text("x")
     with pytest.raises(Conflict):
-        fsutil.make_dirs(str(tmp_path / "file" / "sub"), 0o755, None)
+        osutil.make_dirs(str(tmp_path / "file" / "sub"), 0o755, None)
 
 
 async def _chunks(*parts: bytes, fail_after: int | None = None) -> AsyncIterator[bytes]:

@@ -1,11 +1,14 @@
-"""Files and the OS, for every slice that touches them: path rules, OS errors mapped to the
-daemon's error model (one message per condition), owners, and `mkdir -p` that hands what it
-creates to an owner. Nothing here knows HTTP."""
+"""The OS, for every slice: the C library, `/proc/<pid>/stat`, path rules, OS errors mapped
+to the daemon's error model (one message per condition), owners, and `mkdir -p` that hands
+what it creates to an owner. Nothing here knows HTTP."""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import errno
+import functools
 import logging
 import os
 import pwd
@@ -24,6 +27,25 @@ from agent.errors import (
 )
 
 log = logging.getLogger(__name__)
+
+
+@functools.cache
+def libc() -> ctypes.CDLL:
+    """The C library, loaded once, with errno kept for `ctypes.get_errno()`."""
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def proc_stat(pid: int | str) -> list[bytes] | None:
+    """The fields of `/proc/<pid>/stat` after the command name, from the state on (so
+    `[0]` is the state, `[1]` the parent, `[3]` the session, `[19]` the start time); None
+    when the process is gone. The name may hold spaces and parentheses: it is skipped up to
+    the last `)`."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat_file:
+            raw = stat_file.read()
+    except OSError:
+        return None
+    return raw[raw.rfind(b")") + 2:].split()
 
 
 class InsufficientStorage(AgentError):
