@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from agent import __version__, ratelimit
+from agent import __version__, ratelimit, slices
 from agent.appkeys import FS_USER, HEALTH_PROBES, RESIZE_GUARDS, SESSIONS, SETTINGS
 from agent.auth import (
     CREDENTIALS,
@@ -263,7 +263,7 @@ def create_app(settings: Settings) -> web.Application:
     app[STREAMS] = StreamSlots(settings.max_streams)
     app[FS_USER] = FsUser(settings.default_user)
     app.on_cleanup.append(_close_fs_user)
-    app[HEALTH_PROBES] = {}  # the computer and browser slices add display and devtools
+    app[HEALTH_PROBES] = {}  # the slices' probes (agent.slices.wire)
     sessions = SessionStore()
     app[SESSIONS] = sessions
     # The session cookie of the daemon's own pages, beside bearer tokens (sessions.py).
@@ -274,7 +274,6 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/health", health)
     app.router.add_get("/spec.yaml", get_spec_yaml)
     app.router.add_get("/spec.json", get_spec_json)
-    for slice_routes in SLICES:
-        slice_routes.setup(app)
+    slices.wire(app, [slice_routes.setup(app) for slice_routes in SLICES])
     add_browser_aliases(app)
     return app

@@ -4,19 +4,20 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from agent.aio import run_to_end
-from agent.appkeys import FS_USER, HEALTH_PROBES, SETTINGS
+from agent.appkeys import FS_USER, SETTINGS
 from agent.browser.cdp import CdpManager
 from agent.browser.curl import CurlRequest, CurlTargets, curl
 from agent.browser.devtools_proxy import DevtoolsProxy
 from agent.browser.extensions import MAX_NAME_PART_BYTES, ExtensionUpload
 from agent.errors import BadRequest, UnsupportedMediaType
+from agent.slices import Lifecycle
 from agent.spec import request_json
 
 CDP = web.AppKey("browser_cdp", CdpManager)
@@ -77,27 +78,27 @@ async def _chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
         yield bytes(chunk)
 
 
-async def _managers(app: web.Application) -> AsyncGenerator[None, None]:
-    await app[CDP].start()
-    await app[DEVTOOLS_PROXY].start()
-    yield
-    await app[DEVTOOLS_PROXY].close()
-    await app[CURL_TARGETS].close()
-    await app[CDP].close()
-
-
-def setup(app: web.Application) -> None:
+def setup(app: web.Application) -> Lifecycle:
     settings = app[SETTINGS]
     cdp = CdpManager(settings.cdp_address)
     proxy = DevtoolsProxy(cdp, settings)
+    curl = CurlTargets(cdp, app[SETTINGS].curl_max_bytes)
     app[CDP] = cdp
-    app[CURL_TARGETS] = CurlTargets(cdp, app[SETTINGS].curl_max_bytes)
+    app[CURL_TARGETS] = curl
     app[DEVTOOLS_PROXY] = proxy
     app[INSTALLING] = asyncio.Lock()
 
     async def devtools_probe() -> dict[str, Any]:
         return {**cdp.snapshot(), **proxy.snapshot()}
 
-    app[HEALTH_PROBES]["devtools"] = devtools_probe
+    async def start() -> None:
+        await cdp.start()
+        await proxy.start()
+
+    async def close() -> None:
+        await proxy.close()
+        await curl.close()
+        await cdp.close()
+
     app.router.add_routes(routes)
-    app.cleanup_ctx.append(_managers)
+    return Lifecycle("browser", start=start, close=close, probes={"devtools": devtools_probe})

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
 
-from agent.appkeys import HEALTH_PROBES, SETTINGS
+from agent.appkeys import SETTINGS
 from agent.computer.manager import Computer
 from agent.computer.screen import Shot
 from agent.computer.watch import WaitResult, combine
 from agent.errors import AgentError
+from agent.slices import Lifecycle
 from agent.spec import request_json
 
 COMPUTER = web.AppKey("computer", Computer)
@@ -125,16 +125,11 @@ async def _display_probe(computer: Computer, name: str) -> dict[str, Any]:
     return {"ok": True, "name": name}
 
 
-def setup(app: web.Application) -> None:
+def setup(app: web.Application) -> Lifecycle:
     """Routes, and the controller (its connections open on first use; closed at cleanup)."""
     app.router.add_routes(routes)
     name = app[SETTINGS].display
     computer = Computer(name, app[SETTINGS].clipboard_max_bytes)
     app[COMPUTER] = computer
-    app[HEALTH_PROBES]["display"] = lambda: _display_probe(computer, name)
-
-    async def lifetime(app: web.Application) -> AsyncIterator[None]:
-        yield
-        await computer.close()
-
-    app.cleanup_ctx.append(lifetime)
+    return Lifecycle("computer", close=computer.close,
+                     probes={"display": lambda: _display_probe(computer, name)})

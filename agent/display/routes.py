@@ -7,6 +7,7 @@ from aiohttp import web
 from agent.appkeys import RESIZE_GUARDS
 from agent.computer.routes import COMPUTER
 from agent.display.manager import DisplayManager
+from agent.slices import Lifecycle
 from agent.spec import request_json
 
 DISPLAY = web.AppKey("display_manager", DisplayManager)
@@ -26,8 +27,9 @@ async def patch_display(request: web.Request) -> web.Response:
     return web.json_response({**size.to_json(), "windows_fitted": windows})
 
 
-def setup(app: web.Application) -> None:
+def setup(app: web.Application) -> Lifecycle:
     """After the computer slice (its input connection does the work)."""
     guards = app[RESIZE_GUARDS]  # the list itself: guards added later are seen
     app[DISPLAY] = DisplayManager(app[COMPUTER], guards)
     app.router.add_routes(routes)
+    return Lifecycle("display")

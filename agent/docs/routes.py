@@ -17,6 +17,7 @@ from importlib import resources
 from aiohttp import web
 
 from agent.errors import DocsUnavailable, NotFound
+from agent.slices import Lifecycle
 
 # Same origin only: no other script, style, image, font or connection; no framing.
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
@@ -83,5 +84,6 @@ async def docs_asset(request: web.Request) -> web.Response:
     return _answer(request, _load(*found))
 
 
-def setup(app: web.Application) -> None:
+def setup(app: web.Application) -> Lifecycle:
     app.router.add_routes(routes)
+    return Lifecycle("docs")

@@ -40,6 +40,7 @@ from agent.identity import FsUser
 from agent.multipart import IndexedFields
 from agent.paging import next_link
 from agent.ranges import byte_range
+from agent.slices import Lifecycle
 from agent.spec import RequestTimeout, body_timeout, request_json, request_query
 from agent.sse import last_event_id, open_sse
 from agent.streams import Gap
@@ -493,21 +494,11 @@ async def stop_watch(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-async def _watches_ctx(app: web.Application) -> AsyncIterator[None]:
+def setup(app: web.Application) -> Lifecycle:
     settings = app[SETTINGS]
-    manager = WatchManager(settings.watch_buffer, settings.watch_idle_s, app[FS_USER],
+    watches = WatchManager(settings.watch_buffer, settings.watch_idle_s, app[FS_USER],
                            settings.max_watches, settings.max_watch_dirs)
-    app[WATCHES] = manager
-    yield
-    await manager.close()
-
-
-async def _end_streams(app: web.Application) -> None:
-    """Open event streams end at shutdown instead of holding it up."""
-    await app[WATCHES].close()
-
-
-def setup(app: web.Application) -> None:
+    app[WATCHES] = watches
     app.router.add_routes(routes)
-    app.cleanup_ctx.append(_watches_ctx)
-    app.on_shutdown.append(_end_streams)
+    # Closing the watches ends their event streams: done as shutdown begins, not held up.
+    return Lifecycle("files", begin_shutdown=watches.close)

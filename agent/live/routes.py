@@ -6,14 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import html
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from agent.appkeys import HEALTH_PROBES, SESSIONS, SETTINGS
+from agent.appkeys import SESSIONS, SETTINGS
 from agent.auth import SCOPE_KEY, bearer_token, has_scope
 from agent.computer.routes import COMPUTER
 from agent.errors import AgentError, BadRequest, Forbidden, field_error
@@ -24,6 +23,7 @@ from agent.sessions import (
     SESSION_TTL_DEFAULT_S,
     cookie_name,
 )
+from agent.slices import Lifecycle
 from agent.spec import request_json
 
 HUB = web.AppKey("live_hub", LiveHub)
@@ -189,20 +189,14 @@ async def _close_sockets(app: web.Application) -> None:
         await ws.close(code=1001, message=b"server shutting down")
 
 
-def setup(app: web.Application) -> None:
+def setup(app: web.Application) -> Lifecycle:
     hub = LiveHub(app[COMPUTER])
     app[HUB] = hub
     app[SOCKETS] = set()
     app.router.add_routes(routes)
-    app.on_shutdown.append(_close_sockets)
 
     async def probe() -> dict[str, Any]:
         return {"ok": True, "viewers": hub.viewer_count, **app[SESSIONS].counts()}
 
-    app[HEALTH_PROBES]["live"] = probe
-
-    async def lifetime(app: web.Application) -> AsyncIterator[None]:
-        yield
-        await hub.close()
-
-    app.cleanup_ctx.append(lifetime)
+    return Lifecycle("live", begin_shutdown=lambda: _close_sockets(app), close=hub.close,
+                     probes={"live": probe})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from contextlib import aclosing
 from datetime import UTC, datetime
 
@@ -10,6 +9,7 @@ from aiohttp import web
 
 from agent.appkeys import FS_USER, SETTINGS
 from agent.logs.manager import LogManager
+from agent.slices import Lifecycle
 from agent.spec import request_query
 from agent.sse import open_sse
 
@@ -46,18 +46,8 @@ async def logs_stream(request: web.Request) -> web.StreamResponse:
         manager.release(tailer)
 
 
-async def _logs_ctx(app: web.Application) -> AsyncIterator[None]:
+def setup(app: web.Application) -> Lifecycle:
     manager = LogManager(app[SETTINGS].supervisor_socket, app[FS_USER])
     app[LOGS] = manager
-    yield
-    await manager.close()
-
-
-async def _end_streams(app: web.Application) -> None:
-    await app[LOGS].stop()
-
-
-def setup(app: web.Application) -> None:
     app.router.add_routes(routes)
-    app.cleanup_ctx.append(_logs_ctx)
-    app.on_shutdown.append(_end_streams)
+    return Lifecycle("logs", begin_shutdown=manager.stop, close=manager.close)

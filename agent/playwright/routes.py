@@ -3,15 +3,15 @@ DELETE of an executor; the executors (and their Node workers) as the slice's man
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
 
-from agent.appkeys import HEALTH_PROBES, SETTINGS
+from agent.appkeys import SETTINGS
 from agent.browser.routes import CDP
 from agent.errors import BadRequest, field_error
 from agent.playwright.manager import PlaywrightManager
+from agent.slices import Lifecycle
 from agent.spec import request_json, request_query
 
 MANAGER = web.AppKey("playwright_manager", PlaywrightManager)
@@ -56,24 +56,13 @@ def _cursor(raw: Any) -> int | None:
                          details=[field_error("cursor", "is not a cursor of this list")]) from None
 
 
-async def _begin_shutdown(app: web.Application) -> None:
-    await app[MANAGER].begin_shutdown()
-
-
-async def _manager_lifetime(app: web.Application) -> AsyncIterator[None]:
-    app[MANAGER].start()
-    yield
-    await app[MANAGER].close()
-
-
-def setup(app: web.Application) -> None:
+def setup(app: web.Application) -> Lifecycle:
     manager = PlaywrightManager(app[SETTINGS], app[CDP])
     app[MANAGER] = manager
 
     async def playwright_probe() -> dict[str, Any]:
         return manager.snapshot()
 
-    app[HEALTH_PROBES]["playwright"] = playwright_probe
     app.router.add_routes(routes)
-    app.on_shutdown.append(_begin_shutdown)
-    app.cleanup_ctx.append(_manager_lifetime)
+    return Lifecycle("playwright", start=manager.start, begin_shutdown=manager.begin_shutdown,
+                     close=manager.close, probes={"playwright": playwright_probe})

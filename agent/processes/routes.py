@@ -8,7 +8,6 @@ import base64
 import binascii
 import contextlib
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -20,6 +19,7 @@ from agent.processes.launch import Command
 from agent.processes.manager import ManagedProcess, ProcessManager, TtySize
 from agent.processes.output import Chunk, Exited, Missed, event_json
 from agent.processes.pty import DEFAULT_COLS, DEFAULT_ROWS
+from agent.slices import Lifecycle
 from agent.spec import request_json
 from agent.sse import last_event_id, open_sse
 
@@ -28,22 +28,13 @@ MANAGER = web.AppKey("process_manager", ProcessManager)
 routes = web.RouteTableDef()
 
 
-def setup(app: web.Application) -> None:
-    app[MANAGER] = ProcessManager(app[SETTINGS])
+def setup(app: web.Application) -> Lifecycle:
+    manager = ProcessManager(app[SETTINGS])
+    app[MANAGER] = manager
     app.router.add_routes(routes)
-    app.on_shutdown.append(_begin_shutdown)
-    app.cleanup_ctx.append(_manager_lifetime)
-
-
-async def _begin_shutdown(app: web.Application) -> None:
-    # Before aiohttp waits for open handlers: output streams end with the exit events.
-    app[MANAGER].begin_shutdown()
-
-
-async def _manager_lifetime(app: web.Application) -> AsyncIterator[None]:
-    app[MANAGER].start()
-    yield
-    await app[MANAGER].close()
+    # Shutdown: output streams end with the exit events before handlers are waited for.
+    return Lifecycle("processes", start=manager.start, begin_shutdown=manager.begin_shutdown,
+                     close=manager.close)
 
 
 def _manager(request: web.Request) -> ProcessManager:

@@ -15,17 +15,17 @@ import functools
 import html
 import os
 import urllib.parse
-from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Any
 
 from aiohttp import web
 
-from agent.appkeys import HEALTH_PROBES, RESIZE_GUARDS, SETTINGS
+from agent.appkeys import RESIZE_GUARDS, SETTINGS
 from agent.errors import NotFound
 from agent.ranges import byte_range
 from agent.replays.manager import Pending, ReplayManager
 from agent.replays.recorder import ReplayInfo
+from agent.slices import Lifecycle
 from agent.spec import ALIAS_PREFIX, request_json, request_query
 
 MANAGER = web.AppKey("replay_manager", ReplayManager)
@@ -37,19 +37,13 @@ VIEW_CSP = ("default-src 'none'; media-src 'self'; style-src 'unsafe-inline'; "
 routes = web.RouteTableDef()
 
 
-def setup(app: web.Application) -> None:
+def setup(app: web.Application) -> Lifecycle:
     manager = ReplayManager(app[SETTINGS])
     app[MANAGER] = manager
-    app[HEALTH_PROBES]["replays"] = manager.health
     app[RESIZE_GUARDS].append(manager.resize_refusal)  # the screen keeps its size meanwhile
     app.router.add_routes(routes)
-    app.cleanup_ctx.append(_manager_lifetime)
-
-
-async def _manager_lifetime(app: web.Application) -> AsyncIterator[None]:
-    await app[MANAGER].start()
-    yield
-    await app[MANAGER].close()
+    return Lifecycle("replays", start=manager.start, close=manager.close,
+                     probes={"replays": manager.health})
 
 
 def _manager(request: web.Request) -> ReplayManager:

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
-from agent.appkeys import HEALTH_PROBES, SETTINGS
+from agent.appkeys import SETTINGS
 from agent.errors import BadRequest, field_error
+from agent.slices import Lifecycle
 from agent.spec import request_json, request_query
 from agent.sse import SSEWriter, last_event_id
 from agent.streams import Gap
@@ -147,26 +147,14 @@ async def put_config(request: web.Request) -> web.Response:
     return web.json_response(await request.app[TELEMETRY].update(body))
 
 
-async def _telemetry_ctx(app: web.Application) -> AsyncIterator[None]:
-    telemetry = app[TELEMETRY]
-    await telemetry.start()
-    yield
-    await telemetry.close()
-
-
-async def _end_streams(app: web.Application) -> None:
-    """Open streams end at shutdown instead of holding it up."""
-    app[TELEMETRY].end_streams()
-
-
-def setup(app: web.Application) -> None:
+def setup(app: web.Application) -> Lifecycle:
     telemetry = Telemetry(app[SETTINGS])
     app[TELEMETRY] = telemetry
 
     async def probe() -> dict[str, object]:
         return telemetry.snapshot()
 
-    app[HEALTH_PROBES]["telemetry"] = probe
     app.router.add_routes(routes)
-    app.cleanup_ctx.append(_telemetry_ctx)
-    app.on_shutdown.append(_end_streams)
+    # Open streams end as shutdown begins instead of holding it up.
+    return Lifecycle("telemetry", start=telemetry.start, begin_shutdown=telemetry.end_streams,
+                     close=telemetry.close, probes={"telemetry": probe})
