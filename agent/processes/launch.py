@@ -18,6 +18,7 @@ import errno
 import os
 import pwd
 import shutil
+import signal
 import stat
 import subprocess
 from collections.abc import Mapping
@@ -152,6 +153,35 @@ def resolve(cmd: Command, *, display: str, default_user: str | None, tty: bool) 
     else:
         cwd = identity.home if os.path.isdir(identity.home) else "/"
     return Launch([cmd.command, *cmd.args], cwd, env, identity)
+
+
+# Signals a child should meet with their default action. A disposition of "ignore" is
+# kept across exec, so a daemon started where these are ignored (a background job of a
+# non-interactive shell ignores SIGINT and SIGQUIT, nohup SIGHUP) would hand that on to
+# every process it starts: ^C in a terminal and `kill INT` would do nothing. A handler,
+# unlike "ignore", is reset to the default at exec. (SIGPIPE and SIGXFSZ are reset by
+# `subprocess` itself; SIGTTIN and SIGTTOU stay: a handler would turn a background
+# daemon's terminal writes into endless retries.)
+INHERITABLE_IGNORES = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM,
+                       signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM, signal.SIGTSTP)
+
+
+def _still_ignored(signum: int, frame: object) -> None:
+    """Does what "ignore" did for the daemon, but children start with the default."""
+
+
+def stop_ignoring_for_children() -> list[str]:
+    """Swap an inherited "ignore" of `INHERITABLE_IGNORES` for a handler that does nothing
+    (main thread only); the names of the signals swapped."""
+    swapped = []
+    for signum in INHERITABLE_IGNORES:
+        if signal.getsignal(signum) is signal.SIG_IGN:
+            try:
+                signal.signal(signum, _still_ignored)
+            except ValueError:  # not the main thread: nothing can be changed here
+                break
+            swapped.append(signal.Signals(signum).name)
+    return swapped
 
 
 def start(

@@ -29,7 +29,13 @@ from agent.config import Settings
 from agent.errors import BadRequest, Conflict, NotFound, TooManyRequests, Unavailable, field_error
 from agent.processes import pty
 from agent.processes.child import SIGNALS, Child, ExitStatus, live_sessions, terminate_all
-from agent.processes.launch import Command, Launch, resolve, start
+from agent.processes.launch import (
+    Command,
+    Launch,
+    resolve,
+    start,
+    stop_ignoring_for_children,
+)
 from agent.processes.orphans import OrphanReaper
 from agent.processes.output import CappedBuffer, OutputPump
 from agent.processes.spool import Spool, SpoolDirectory, record_owner
@@ -297,6 +303,10 @@ class ProcessManager:
         when they exit, and stopped at shutdown too (see `orphans`)."""
         if self._orphans is not None:
             self._orphans.start()
+        swapped = stop_ignoring_for_children()
+        if swapped:
+            log.info("the daemon was started with %s ignored; processes it starts get "
+                     "their default action", ", ".join(swapped))
         try:  # now: it also stops what a daemon that died before this one left running
             self._spools = SpoolDirectory(self._settings.process_spool_dir)
         except OSError as exc:

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
+import signal
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
+import pytest
 from conftest import READ, MakeClient
 from helpers import async_wait_until
 from process_helpers import (
@@ -239,6 +243,38 @@ async def test_every_signal(make_client: MakeClient) -> None:
         resp = await client.post(f"/process/{process_id}/kill", json=body)
         assert resp.status == 400, body
     await client.post(f"/process/{process_id}/kill", json={"signal": "KILL"})
+
+
+@pytest.fixture
+def started_ignoring_int_and_quit() -> Iterator[None]:
+    """This process as a background job of a script starts: SIGINT and SIGQUIT ignored."""
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGQUIT)}
+    for signum in before:
+        signal.signal(signum, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+
+
+async def test_a_daemon_started_ignoring_signals_does_not_pass_that_on(
+        started_ignoring_int_and_quit: None, make_client: MakeClient) -> None:
+    """"Ignore" survives exec; the daemon swaps it for a handler that does nothing, so its
+    children meet INT and QUIT with their default action (^C in a terminal, `kill INT`)."""
+    client = await make_client()
+    resp = await client.post("/process/spawn", json={"command": "sleep", "args": ["300"]})
+    body = await resp.json()
+    status_text = await asyncio.to_thread(Path(f"/proc/{body['pid']}/status").read_text)
+    found = re.search(r"^SigIgn:\s*([0-9a-f]+)$", status_text, re.M)
+    assert found is not None, status_text
+    ignored = int(found[1], 16)
+    for signum in (signal.SIGINT, signal.SIGQUIT):
+        assert not ignored & (1 << (signum - 1)), signal.Signals(signum).name
+    resp = await client.post(f"/process/{body['process_id']}/kill", json={"signal": "INT"})
+    assert resp.status == 200
+    assert (await wait_exited(client, body["process_id"]))["exit_code"] == 128 + 2
+    assert signal.getsignal(signal.SIGINT) is not signal.SIG_IGN  # a handler that ignores
 
 
 async def test_kill_reaches_the_process_group(make_client: MakeClient) -> None:
