@@ -105,9 +105,7 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             message = f"no such endpoint: {request.method} {request.path}"
         elif exc.status == 405:
             message = f"method {request.method} not allowed on {request.path}"
-        err = AgentError(message, code=code)
-        err.status = exc.status
-        return error_response(err, request_id)
+        return error_response(AgentError(message, code=code, status=exc.status), request_id)
     except (asyncio.CancelledError, ConnectionResetError):
         raise
     except Exception:

@@ -24,6 +24,7 @@ class AgentError(Exception):
         code: str | None = None,
         headers: dict[str, str] | None = None,
         extra: dict[str, Any] | None = None,
+        status: int | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -33,6 +34,8 @@ class AgentError(Exception):
         self.extra = extra or {}
         if code is not None:
             self.code = code
+        if status is not None:  # e.g. the router's 404/405, or a wrapped error's own
+            self.status = status
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {"code": self.code, "message": self.message}
@@ -109,6 +112,12 @@ class Unavailable(AgentError):
 class GatewayTimeout(AgentError):
     status = 504
     code = "gateway_timeout"
+
+
+class ShuttingDown(Unavailable):
+    """New work refused because the daemon is stopping (every slice says it this way)."""
+
+    code = "shutting_down"
 
 
 class DisplayUnavailable(Unavailable):

@@ -169,8 +169,7 @@ def _in_batch(exc: AgentError, index: int, kind: str) -> AgentError:
             inner["field"] = f"actions.{index}.{kind}.{inner['field']}"
         details.append(inner)
     wrapped = type(exc)(f"actions[{index}] ({kind}) failed: {exc.message}", details=details,
-                        code=exc.code, headers=exc.headers, extra=exc.extra)
-    wrapped.status = exc.status
+                        code=exc.code, headers=exc.headers, extra=exc.extra, status=exc.status)
     return wrapped
 
 

@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.errors import BadRequest, NotFound, TooManyRequests, Unavailable
+from agent.errors import BadRequest, NotFound, ShuttingDown, TooManyRequests, Unavailable
 from agent.identity import FsUser, run_as
 from agent.osutil import libc, mapped, shown
 from agent.streams import EventLog
@@ -392,7 +392,7 @@ class WatchManager:
 
     async def start(self, path: str, recursive: bool) -> Watch:
         if self._closed:
-            raise Unavailable("the daemon is shutting down")
+            raise ShuttingDown("the daemon is shutting down")
         if len(self._watches) >= self.max_watches:
             raise TooManyRequests(f"at most {self.max_watches} watches may be live "
                                   "(AGENT_MAX_WATCHES); stop one first",

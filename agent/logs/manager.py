@@ -8,7 +8,7 @@ import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
-from agent.errors import BadRequest, Forbidden, NotFound, Unavailable, field_error
+from agent.errors import BadRequest, Forbidden, NotFound, ShuttingDown, field_error
 from agent.identity import FsUser
 from agent.logs.tail import FileTailer
 from agent.supervisor import SupervisorClient
@@ -81,7 +81,7 @@ class LogManager:
                         as_user: bool = False) -> FileTailer:
         """A tailer on `path`, opened (404 missing, 400 directory or relative path)."""
         if self._stop.is_set():
-            raise Unavailable("the daemon is shutting down", code="shutting_down")
+            raise ShuttingDown("the daemon is shutting down")
         executor = self._user_executor if as_user else self._executor
         tailer = FileTailer(path, tail=tail, follow=follow, executor=executor,
                             stop=self._stop)

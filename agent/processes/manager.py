@@ -26,7 +26,15 @@ from typing import Any
 import psutil
 
 from agent.config import Settings
-from agent.errors import BadRequest, Conflict, NotFound, TooManyRequests, Unavailable, field_error
+from agent.errors import (
+    BadRequest,
+    Conflict,
+    NotFound,
+    ShuttingDown,
+    TooManyRequests,
+    Unavailable,
+    field_error,
+)
 from agent.processes import pty
 from agent.processes.child import SIGNALS, Child, ExitStatus, live_sessions, terminate_all
 from agent.processes.launch import (
@@ -319,7 +327,7 @@ class ProcessManager:
 
     def _admit(self) -> None:
         if self._closing:
-            raise Unavailable("the daemon is shutting down", code="shutting_down")
+            raise ShuttingDown("the daemon is shutting down")
         limit = self._settings.max_processes
         if self.live_count() >= limit:
             raise TooManyRequests(

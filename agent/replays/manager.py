@@ -28,7 +28,7 @@ from typing import Any
 
 from agent.aio import run_to_end
 from agent.config import Settings
-from agent.errors import BadRequest, Conflict, NotFound, Unavailable, field_error
+from agent.errors import BadRequest, Conflict, NotFound, ShuttingDown, Unavailable, field_error
 from agent.replays.recorder import (
     DONE,
     FAILED,
@@ -201,7 +201,7 @@ class ReplayManager:
     async def start_recording(self, framerate: int | None, max_duration_s: int | None,
                               record_audio: bool = False) -> ReplayInfo:
         if self._closed:
-            raise Unavailable("the daemon is shutting down")
+            raise ShuttingDown("the daemon is shutting down")
         if record_audio:
             raise BadRequest("record_audio: this display has no audio to record",
                              details=[field_error("record_audio", "must be false: no audio "
