@@ -6,9 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
-import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -30,11 +27,12 @@ from agent.computer import routes as computer_routes
 from agent.config import Settings, check_identity
 from agent.display import routes as display_routes
 from agent.docs import routes as docs_routes
-from agent.errors import AgentError, Forbidden, InternalError, NotFound, TooManyRequests
+from agent.errors import Forbidden, NotFound, TooManyRequests
 from agent.files import routes as files_routes
 from agent.identity import FsUser
 from agent.live import routes as live_routes
 from agent.logs import routes as logs_routes
+from agent.middleware import add_request_id, errors, request_context
 from agent.playwright import routes as playwright_routes
 from agent.processes import routes as processes_routes
 from agent.replays import routes as replays_routes
@@ -45,75 +43,12 @@ from agent.telemetry import routes as telemetry_routes
 __all__ = ["SETTINGS", "create_app"]
 
 log = logging.getLogger(__name__)
-access_log = logging.getLogger("agent.access")
 
-REQUEST_ID_KEY = web.RequestKey("request_id", str)
-_REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-_STATUS_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SLICES = (computer_routes, files_routes, processes_routes, logs_routes, browser_routes,
           playwright_routes, telemetry_routes, live_routes, display_routes, replays_routes,
           docs_routes)
-
-
-def error_response(exc: AgentError, request_id: str | None = None) -> web.Response:
-    response = web.json_response(exc.to_json(), status=exc.status, headers=exc.headers)
-    if request_id:
-        response.headers["X-Request-Id"] = request_id
-    return response
-
-
-@web.middleware
-async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Request id (kept from the caller when sane) and one access-log line per request."""
-    incoming = request.headers.get("X-Request-Id", "")
-    request_id = incoming if _REQUEST_ID_OK.match(incoming) else uuid.uuid4().hex
-    request[REQUEST_ID_KEY] = request_id
-    started = time.perf_counter()
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    finally:
-        # The path only: query strings may carry tokens.
-        access_log.info(
-            "%s %s %s %d %.1fms rid=%s",
-            request.remote, request.method, request.path, status,
-            (time.perf_counter() - started) * 1000, request_id,
-        )
-
-
-@web.middleware
-async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Render every failure as the spec's Error JSON; never a traceback or HTML page."""
-    request_id = request.get(REQUEST_ID_KEY)
-    try:
-        return await handler(request)
-    except AgentError as exc:
-        if exc.status >= 500:
-            log.warning("%s %s failed: %s rid=%s", request.method, request.path, exc.message,
-                        request_id)
-        return error_response(exc, request_id)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        code = _STATUS_CODES.get(exc.status, f"http_{exc.status}")
-        message = exc.reason
-        if exc.status == 404:
-            message = f"no such endpoint: {request.method} {request.path}"
-        elif exc.status == 405:
-            message = f"method {request.method} not allowed on {request.path}"
-        return error_response(AgentError(message, code=code, status=exc.status), request_id)
-    except (asyncio.CancelledError, ConnectionResetError):
-        raise
-    except Exception:
-        log.exception("unhandled error in %s %s rid=%s", request.method, request.path,
-                      request_id)
-        return error_response(
-            InternalError(f"internal error (request id {request_id})"), request_id
-        )
 
 
 @web.middleware
@@ -171,12 +106,6 @@ async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     if browser_id is not None and settings.browser_id and browser_id != settings.browser_id:
         raise NotFound(f"no such browser: {browser_id}")
     return await handler(request)
-
-
-async def _add_request_id(request: web.Request, response: web.StreamResponse) -> None:
-    request_id = request.get(REQUEST_ID_KEY)
-    if request_id and "X-Request-Id" not in response.headers:
-        response.headers["X-Request-Id"] = request_id
 
 
 async def health(request: web.Request) -> web.Response:
@@ -267,7 +196,7 @@ def create_app(settings: Settings) -> web.Application:
     # The session cookie of the daemon's own pages, beside bearer tokens (sessions.py).
     app[CREDENTIALS] = [lambda request: session_scope(request, sessions)]
     app[RESIZE_GUARDS] = []
-    app.on_response_prepare.append(_add_request_id)
+    app.on_response_prepare.append(add_request_id)
     ratelimit.setup(app)
     app.router.add_get("/health", health)
     app.router.add_get("/spec.yaml", get_spec_yaml)

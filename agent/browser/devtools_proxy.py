@@ -36,12 +36,12 @@ from agent.auth import bearer_token, check_origin_for, has_scope, token_scope
 from agent.browser.cdp import CdpManager, DiscoveryError, fetch_json
 from agent.config import Settings
 from agent.errors import (
-    AgentError,
     BrowserUnavailable,
     Forbidden,
     TooManyRequests,
     Unauthorized,
 )
+from agent.middleware import Handler, add_request_id, errors, request_context
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,9 @@ class DevtoolsProxy:
     async def start(self) -> None:
         if not self.enabled:
             return
-        app = web.Application(middlewares=[self._errors])
+        # The API's own request ids, access log and error JSON, then this endpoint's auth.
+        app = web.Application(middlewares=[request_context, errors, self._auth])
+        app.on_response_prepare.append(add_request_id)
         app.router.add_get("/json/version", self._json_version)
         app.router.add_get("/json", self._json_list)
         app.router.add_get("/json/list", self._json_list)
@@ -114,19 +116,9 @@ class DevtoolsProxy:
     # ------------------------------------------------------------------ plumbing
 
     @web.middleware
-    async def _errors(self, request: web.Request,
-                      handler: Any) -> web.StreamResponse:
-        try:
-            self._authorize(request)
-            response: web.StreamResponse = await handler(request)
-            return response
-        except AgentError as exc:
-            return web.json_response(exc.to_json(), status=exc.status, headers=exc.headers)
-        except web.HTTPException as exc:
-            if exc.status < 400:
-                raise
-            return web.json_response({"code": f"http_{exc.status}", "message": exc.reason},
-                                     status=exc.status)
+    async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        self._authorize(request)
+        return await handler(request)
 
     def _authorize(self, request: web.Request) -> None:
         # As Chromium's own endpoint does: no foreign Host (DNS rebinding), no web page.

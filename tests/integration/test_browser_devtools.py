@@ -129,6 +129,25 @@ async def test_clients_without_the_token_are_refused(api: Api) -> None:
     assert refused.value.response.status_code == 403
 
 
+async def test_its_errors_are_the_apis_errors(api: Api) -> None:
+    """The same error JSON and request id as the API, for a refusal and an unknown path."""
+    def answer(path: str, headers: dict[str, str]) -> tuple[int, str, dict[str, Any]]:
+        request = urllib.request.Request(f"http://{endpoint(api)}{path}",
+                                         headers={**headers, "X-Request-Id": "trace-7"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as resp:
+                return resp.status, resp.headers["X-Request-Id"], json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.headers["X-Request-Id"], json.loads(exc.read())
+
+    for path, headers, status, code in (("/json/version", {}, 401, "unauthorized"),
+                                        ("/nowhere", ADMIN_BEARER, 404, "not_found")):
+        got_status, request_id, body = await asyncio.to_thread(answer, path, headers)
+        assert (got_status, request_id, body["code"]) == (status, "trace-7", code), body
+    status, request_id, _ = await asyncio.to_thread(answer, "/json/version", ADMIN_BEARER)
+    assert (status, request_id) == (200, "trace-7")
+
+
 async def test_a_token_in_the_query_is_carried_into_the_socket_urls(api: Api) -> None:
     status, info = await get(f"http://{endpoint(api)}/json/version?token=test-write-token-0123456789")
     assert status == 200, info
