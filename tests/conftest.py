@@ -4,33 +4,19 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-
-sys.path.insert(0, str(Path(__file__).parent))
-
+from common import ADMIN, SCREEN_H, SCREEN_W, TOKENS, MakeClient
 from helpers import Chromium, Xvfb, running_chromium, running_xvfb
 from process_helpers import browser_user, ensure_user
 
 from agent.app import create_app, limit_connections, server_options
 from agent.config import make_settings
-
-# Tokens are at least 16 characters (shorter ones are refused at start).
-ADMIN_TOKEN = "test-admin-token-0123456789"
-WRITE_TOKEN = "test-write-token-0123456789"
-READ_TOKEN = "test-read-token-0123456789"
-TOKENS = {ADMIN_TOKEN: "admin", WRITE_TOKEN: "write", READ_TOKEN: "read"}
-ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-WRITE = {"Authorization": f"Bearer {WRITE_TOKEN}"}
-READ = {"Authorization": f"Bearer {READ_TOKEN}"}
-
-SCREEN_W, SCREEN_H = 1280, 800
 
 
 @pytest.fixture(scope="session")
@@ -60,9 +46,6 @@ def tmp_path() -> Iterator[Path]:
         yield base
     finally:
         shutil.rmtree(base, ignore_errors=True)
-
-
-MakeClient = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 
 @pytest.fixture

@@ -338,3 +338,12 @@ def running_supervisord(programs: str, files: dict[str, str] | None = None,
     finally:
         supervisor.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def assert_error(body: dict[str, Any], code: str, field: str | None = None) -> None:
+    """An answer in the daemon's error model: this code, a message, and (with `field`) a
+    detail naming that field."""
+    assert body["code"] == code, body
+    assert isinstance(body["message"], str) and body["message"], body
+    if field is not None:
+        assert any(d.get("field") == field for d in body.get("details", [])), body

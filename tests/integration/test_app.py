@@ -7,23 +7,17 @@ import logging
 import os
 import subprocess
 import sys
-from typing import Any
 
 import psutil
 import pytest
 import yaml
-from conftest import READ, TOKENS, WRITE, MakeClient
-from helpers import Chromium, Xvfb, free_port, wait_until
+from common import READ, TOKENS, WRITE, MakeClient
+from helpers import Chromium, Xvfb, assert_error, free_port, wait_until
 from process_helpers import browser_user, browser_user_env
 
 from agent.app import create_app
 from agent.config import make_settings
 from agent.spec import ALIAS_PREFIX, operations
-
-
-def assert_error(body: dict[str, Any], code: str) -> None:
-    assert body["code"] == code, body
-    assert isinstance(body["message"], str) and body["message"]
 
 
 def served_routes() -> set[tuple[str, str]]:

@@ -25,7 +25,7 @@ from browser_support import (
     screenshot,
     serving,
 )
-from conftest import READ, SCREEN_H, SCREEN_W, MakeClient
+from common import READ, SCREEN_H, SCREEN_W, MakeClient
 from helpers import Chromium, Xvfb, async_wait_until, free_port, running_chromium
 
 Api = TestClient[Any, Any]

@@ -9,16 +9,15 @@ import shutil
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 from aiohttp.test_utils import TestClient
-from browser_support import SupervisedChromium, supervised_chromium
-from conftest import READ, MakeClient
-from helpers import async_wait_until, cdp_call, free_port, running_xvfb
+from browser_support import SupervisedChromium
+from common import READ, MakeClient
+from helpers import async_wait_until, cdp_call, free_port
 from websockets.exceptions import InvalidStatus
 
 from agent.appkeys import SETTINGS
@@ -28,12 +27,6 @@ Api = TestClient[Any, Any]
 ADMIN_BEARER = {"Authorization": "Bearer test-admin-token-0123456789"}
 # The Node side of the tests (`make node-deps` installs its packages).
 NODE_DIR = Path(__file__).resolve().parents[1] / "node"
-
-
-@pytest.fixture(scope="module")
-def supervised() -> Iterator[SupervisedChromium]:
-    with running_xvfb(1280, 800) as display, supervised_chromium(display.name) as browser:
-        yield browser
 
 
 @pytest.fixture

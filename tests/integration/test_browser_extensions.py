@@ -8,7 +8,7 @@ import io
 import json
 import os
 import zipfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,21 +20,14 @@ from browser_support import (
     SupervisedChromium,
     origin_app,
     serving,
-    supervised_chromium,
 )
-from conftest import ADMIN_TOKEN, WRITE, MakeClient
-from helpers import async_wait_until, cdp_call, running_xvfb
+from common import ADMIN_TOKEN, WRITE, MakeClient
+from helpers import async_wait_until, cdp_call
 from kernel import AsyncKernel
 
 from agent.browser.routes import CDP
 
 Api = TestClient[Any, Any]
-
-
-@pytest.fixture(scope="module")
-def supervised() -> Iterator[SupervisedChromium]:
-    with running_xvfb(1280, 800) as display, supervised_chromium(display.name) as browser:
-        yield browser
 
 
 @pytest.fixture

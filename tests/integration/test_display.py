@@ -13,8 +13,8 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
+from common import ADMIN, MakeClient
 from computer_support import open_page, screenshot
-from conftest import ADMIN, MakeClient
 from helpers import Chromium, Xvfb, async_wait_until, running_chromium, running_xvfb
 
 FULL = (1920, 1080)

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import websockets
 from aiohttp.test_utils import TestClient
-from conftest import MakeClient
+from common import MakeClient
 from helpers import Chromium, async_wait_until, running_chromium
 
 from agent.docs.routes import ASSETS, CSP

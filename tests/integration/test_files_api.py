@@ -16,16 +16,12 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from conftest import ADMIN_TOKEN, READ, WRITE, MakeClient
+from common import ADMIN_TOKEN, READ, WRITE, MakeClient
+from helpers import assert_error
 
 BROWSER_USER = "agentfs"
 
 
-def assert_error(body: dict[str, Any], code: str, field: str | None = None) -> None:
-    assert body["code"] == code, body
-    assert isinstance(body["message"], str) and body["message"]
-    if field is not None:
-        assert any(d.get("field") == field for d in body.get("details", [])), body
 
 
 async def run(*argv: str) -> bytes:

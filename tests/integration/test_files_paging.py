@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp.test_utils import TestClient
-from conftest import ADMIN_TOKEN, MakeClient
+from common import ADMIN_TOKEN, MakeClient
 from kernel import AsyncKernel
 
 NEXT = re.compile(r'^<(?P<url>[^>]+)>; rel="next"$')

@@ -18,17 +18,10 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
-from conftest import ADMIN_TOKEN, MakeClient
-from helpers import async_wait_until
+from common import ADMIN_TOKEN, MakeClient
+from helpers import assert_error, async_wait_until
 
 from agent.files.ops import STAGING_PREFIX
-
-
-def assert_error(body: dict[str, Any], code: str, field: str | None = None) -> None:
-    assert body["code"] == code, body
-    assert isinstance(body["message"], str) and body["message"]
-    if field is not None:
-        assert any(d.get("field") == field for d in body.get("details", [])), body
 
 
 def staged_files(*directories: Path | str) -> list[str]:

@@ -13,7 +13,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp.test_utils import TestClient
-from conftest import ADMIN, MakeClient
+from common import ADMIN, MakeClient
 from helpers import async_wait_until
 
 from agent.files.routes import WATCHES

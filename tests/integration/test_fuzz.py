@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 import schemathesis
-from conftest import SCREEN_H, SCREEN_W
+from common import SCREEN_H, SCREEN_W
 from helpers import (
     Chromium,
     Supervisord,

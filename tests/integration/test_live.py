@@ -12,8 +12,8 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
+from common import ADMIN, READ, TOKENS, MakeClient
 from computer_support import open_page, screen_point, screenshot
-from conftest import ADMIN, READ, TOKENS, MakeClient
 from helpers import Chromium, Xvfb, async_wait_until, running_chromium
 
 from agent.appkeys import SESSIONS

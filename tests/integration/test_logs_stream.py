@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from aiohttp import ClientResponse
-from conftest import READ, MakeClient
+from common import READ, MakeClient
 from helpers import Supervisord, async_wait_until, running_supervisord, wait_until
 
 from agent.logs.routes import LOGS

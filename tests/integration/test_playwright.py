@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from browser_support import serving
-from conftest import ADMIN_TOKEN, READ, TOKENS, MakeClient
+from common import ADMIN_TOKEN, READ, TOKENS, MakeClient
 from helpers import Chromium, Xvfb, async_wait_until, cdp_call, running_chromium
 from kernel import AsyncKernel, ConflictError
 from playwright_support import runtime_dir_for

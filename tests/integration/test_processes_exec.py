@@ -11,7 +11,7 @@ import uuid
 from typing import Any
 
 import pytest
-from conftest import READ, WRITE, MakeClient
+from common import READ, WRITE, MakeClient
 from helpers import async_wait_until
 from process_helpers import TEST_USER, ensure_user, exec_ok, pid_alive, spawn
 

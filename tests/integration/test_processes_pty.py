@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import psutil
 import pytest
-from conftest import ADMIN, READ, READ_TOKEN, MakeClient
+from common import ADMIN, READ, READ_TOKEN, MakeClient
 from helpers import async_wait_until
 from process_helpers import (
     TEST_USER,

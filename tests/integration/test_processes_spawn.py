@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import READ, MakeClient
+from common import READ, MakeClient
 from helpers import async_wait_until
 from process_helpers import (
     b64,

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp.test_utils import TestClient
-from conftest import READ, READ_TOKEN, WRITE, MakeClient
+from common import READ, READ_TOKEN, WRITE, MakeClient
 
 from agent.ratelimit import RATE_LIMITER
 

@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
-from conftest import ADMIN_TOKEN, READ, READ_TOKEN, WRITE, MakeClient
+from common import ADMIN_TOKEN, READ, READ_TOKEN, WRITE, MakeClient
 from helpers import Chromium, Xvfb, async_wait_until, free_port
 from kernel import APIStatusError, AsyncKernel
 from process_helpers import browser_user_env

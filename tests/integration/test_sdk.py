@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from browser_support import BINARY, Recorder, origin_app, serving
-from conftest import ADMIN_TOKEN, SCREEN_H, SCREEN_W, MakeClient
+from common import ADMIN_TOKEN, SCREEN_H, SCREEN_W, MakeClient
 from helpers import Chromium, Xvfb, async_wait_until, free_port
 from kernel import APIStatusError, AsyncKernel
 from PIL import Image

@@ -9,16 +9,16 @@ import asyncio
 import itertools
 import json
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from browser_support import SupervisedChromium, serving, supervised_chromium
-from conftest import ADMIN_TOKEN, READ, WRITE, MakeClient
-from helpers import Chromium, Xvfb, async_wait_until, free_port, running_xvfb
+from browser_support import SupervisedChromium, serving
+from common import ADMIN_TOKEN, READ, WRITE, MakeClient
+from helpers import Chromium, Xvfb, async_wait_until, free_port
 from kernel import AsyncKernel
 from telemetry_support import Frame, Stream, check, check_health, events, of_type, site_app
 
@@ -513,12 +513,6 @@ async def test_config_changes_take_effect(make_client: MakeClient, xvfb: Xvfb,
 
 
 # --------------------------------------------------------------------- Chromium restarts
-
-@pytest.fixture(scope="module")
-def supervised() -> Iterator[SupervisedChromium]:
-    with running_xvfb(1280, 800) as display, supervised_chromium(display.name) as browser:
-        yield browser
-
 
 async def test_capture_survives_a_chromium_restart(make_client: MakeClient,
                                                    supervised: SupervisedChromium,

@@ -8,7 +8,7 @@ import os
 import uuid
 
 import pytest
-from conftest import ADMIN, READ, READ_TOKEN, WRITE_TOKEN, MakeClient
+from common import ADMIN, READ, READ_TOKEN, WRITE_TOKEN, MakeClient
 from process_helpers import spawn
 from support import run_daemon_to_exit
 

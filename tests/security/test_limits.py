@@ -11,8 +11,8 @@ import zipfile
 from pathlib import Path
 
 import aiohttp
-from conftest import ADMIN_TOKEN, MakeClient
-from helpers import Chromium, Xvfb, async_wait_until, free_port
+from common import ADMIN_TOKEN, MakeClient
+from helpers import Chromium, Xvfb, assert_error, async_wait_until, free_port
 from process_helpers import spawn, status
 
 from agent.files.archives import pseudo_mounts
@@ -25,9 +25,6 @@ def give_to_browser_user(root: Path) -> None:
         os.chown(path, st.st_uid, st.st_gid, follow_symlinks=False)
 
 
-def assert_error(body: dict[str, object], code: str) -> None:
-    assert body["code"] == code, body
-    assert isinstance(body["message"], str) and body["message"]
 
 
 async def test_live_watches_and_their_directories_are_capped(

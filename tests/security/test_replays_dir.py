@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import WRITE, MakeClient
+from common import WRITE, MakeClient
 from helpers import Chromium, Xvfb
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root and a browser user")
