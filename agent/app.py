@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -32,7 +31,7 @@ from agent.files import routes as files_routes
 from agent.identity import FsUser
 from agent.live import routes as live_routes
 from agent.logs import routes as logs_routes
-from agent.middleware import add_request_id, errors, request_context
+from agent.middleware import Handler, add_request_id, errors, request_context
 from agent.playwright import routes as playwright_routes
 from agent.processes import routes as processes_routes
 from agent.replays import routes as replays_routes
@@ -45,7 +44,6 @@ __all__ = ["SETTINGS", "create_app"]
 log = logging.getLogger(__name__)
 
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SLICES = (computer_routes, files_routes, processes_routes, logs_routes, browser_routes,
           playwright_routes, telemetry_routes, live_routes, display_routes, replays_routes,
           docs_routes)

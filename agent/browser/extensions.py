@@ -32,7 +32,7 @@ from agent.config import Settings
 from agent.errors import BadRequest, PayloadTooLarge, field_error
 from agent.identity import FsUser, run_as
 from agent.multipart import IndexedFields
-from agent.osutil import Owner
+from agent.osutil import Owner, default_owner
 
 NAME = re.compile(r"^[a-zA-Z0-9._-]{1,255}$")
 MAX_EXTENSIONS = 64
@@ -224,11 +224,6 @@ class ExtensionUpload:
     def _owner(self) -> Owner | None:
         """Files go to the browser user when the daemon runs as root (and does not act as
         that user already)."""
-        if os.geteuid() != 0 or not self.settings.default_user or (
-                self.fs is not None and self.fs.identity is not None):
+        if self.fs is not None and self.fs.identity is not None:
             return None
-        try:
-            entry = pwd.getpwnam(self.settings.default_user)
-        except KeyError:
-            return None
-        return Owner(entry.pw_uid, entry.pw_gid)
+        return default_owner(self.settings.default_user)

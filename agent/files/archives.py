@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 COPY_CHUNK = 1 << 20
 PIPE_CHUNK = 1 << 20  # bytes per chunk handed from the zip thread to the HTTP handler
 PIPE_DEPTH = 4  # chunks in flight: bounds the memory of a download
-MAX_LINK_TARGET = 4096
 SAMPLE = 256 * 1024  # bytes of a file tried with deflate to decide whether to compress it
 # Known compressed formats are stored without trying; other files are deflated (fast
 # level) when a sample of their start compresses.
