@@ -6,7 +6,7 @@ against its target; exits 1 when a target is missed.
    (target: HTTP median at most 10 ms);
 2. `exec` of `true` as the browser user from a root daemon (AGENT_DEFAULT_USER=nobody),
    idle and holding 500 MB resident, interleaved with a user-switching
-   `subprocess.Popen(user=...)` (a fork) in this Python holding the same 500 MB
+   `subprocess.Popen(user=...)` (a fork) in a Python holding the same 500 MB
    (target: median at most 3 ms in both daemons; needs root);
 3. streamed output of `head -c 1G /dev/zero` through SSE, interleaved with the same
    bytes through a local pipe (target: at least 170 MB/s decoded, every byte);
@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,12 +58,6 @@ BALLAST = 500 << 20
 WITH_BALLAST = ("import sys; ballast = bytearray({n}); "
                 "ballast[::4096] = b'x' * len(ballast[::4096]); "
                 "from agent.__main__ import main; sys.argv[0] = 'agent'; sys.exit(main())")
-
-
-def touched(n: int) -> bytearray:
-    block = bytearray(n)
-    block[::4096] = b"x" * len(block[::4096])
-    return block
 
 
 class Daemon:
@@ -186,11 +181,33 @@ def local_exec_ms() -> float:
     return (time.perf_counter() - started) * 1000
 
 
-def local_fork_as_ms(uid: int) -> float:
-    """What starting a child as another user cost before: Popen(user=...) forks."""
+# The old way, for reference: a user-switching Popen in a Python holding 500 MB (a fork).
+# It runs in a process of its own, so this client never pays for the fork's copy-on-write.
+FORK_REFERENCE = """
+import subprocess, sys, time
+ballast = bytearray({n}); ballast[::4096] = b"x" * len(ballast[::4096])
+for line in sys.stdin:
     started = time.perf_counter()
-    subprocess.run(["true"], check=True, user=uid, group=uid, extra_groups=[])
-    return (time.perf_counter() - started) * 1000
+    subprocess.run(["true"], check=True, user={uid}, group={uid}, extra_groups=[])
+    print((time.perf_counter() - started) * 1000, flush=True)
+"""
+
+
+class ForkReference:
+    def __init__(self, uid: int) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", FORK_REFERENCE.format(n=BALLAST, uid=uid)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def ms(self) -> float:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+        return float(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
 
 
 def summary(samples: list[float]) -> dict[str, float]:
@@ -214,14 +231,23 @@ async def bench_exec_as_user(idle: aiohttp.ClientSession, big: aiohttp.ClientSes
     for session in (idle, big):
         for _ in range(10):
             await exec_ms(session)
-    ballast = touched(BALLAST)  # the reference forks from a Python this big, too
+    reference = ForkReference(uid)
     samples: dict[str, list[float]] = {"idle": [], "big": [], "root": [], "fork": []}
-    for _ in range(runs):
-        samples["idle"].append(await exec_ms(idle))
-        samples["big"].append(await exec_ms(big))
-        samples["root"].append(await exec_ms(idle, as_root=True))
-        samples["fork"].append(await asyncio.to_thread(local_fork_as_ms, uid))
-    del ballast
+    try:
+        measures: list[tuple[str, Callable[[], Awaitable[float]]]] = [
+            ("idle", lambda: exec_ms(idle)),
+            ("big", lambda: exec_ms(big)),
+            ("root", lambda: exec_ms(idle, as_root=True)),
+            ("fork", lambda: asyncio.to_thread(reference.ms)),
+        ]
+        for run in range(runs):
+            # Each round in another order: a 500 MB fork leaves the CPU caches cold for
+            # whatever comes next, and that must not always be the same measure.
+            turn = run % len(measures)
+            for name, measure in measures[turn:] + measures[:turn]:
+                samples[name].append(await measure())
+    finally:
+        reference.close()
     result = {name: summary(values) for name, values in samples.items()}
     result["big"]["rss_mb"] = psutil.Process(big_daemon.proc.pid).memory_info().rss / 1e6
     return result

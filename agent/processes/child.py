@@ -14,6 +14,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from agent.osutil import proc_stat
+from agent.processes.starter import Started
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +82,10 @@ def _kill(pid: int, sig: int) -> bool:
 
 
 class Child:
-    """A `subprocess.Popen` started with `start_new_session=True`, watched on the loop."""
+    """A child started in a session of its own (by `subprocess` with `start_new_session`,
+    or by the starter), watched on the loop."""
 
-    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+    def __init__(self, popen: subprocess.Popen[bytes] | Started) -> None:
         self.popen = popen
         self.pid = popen.pid
         self.started = time.monotonic()

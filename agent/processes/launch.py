@@ -5,11 +5,10 @@ Children never inherit the daemon's environment (it may hold API tokens): they g
 sane default (PATH, HOME, USER, LOGNAME, SHELL, LANG, DISPLAY, TERM on a terminal) with the
 request's `env` on top.
 
-Starting a child never forks the daemon: `subprocess` starts it with vfork as long as the
-child runs no Python code and changes no user, so the user switch is done by util-linux's
-`setpriv` (setgroups, setgid, setuid, then exec of the command) and a terminal's
-controlling-terminal setup by `setsid --ctty`, both exec'd first. A fork copies the
-daemon's page tables, which takes tens of milliseconds once it holds hundreds of MB.
+Starting a child never forks the daemon (a fork copies its page tables, tens of
+milliseconds once it holds hundreds of MB): `subprocess` starts it with vfork when it
+needs nothing between fork and exec, and the small `starter` helper starts it when it
+switches user or takes a terminal.
 """
 
 from __future__ import annotations
@@ -17,20 +16,16 @@ from __future__ import annotations
 import errno
 import os
 import pwd
-import shutil
 import signal
-import stat
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from agent.errors import AgentError, BadRequest, Forbidden, Unavailable, field_error
+from agent.processes.starter import Request, Started, Starter
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 TERM = "xterm-256color"
-# The small programs that switch user and set up a terminal between vfork and the command.
-SETPRIV = shutil.which("setpriv", path=DEFAULT_PATH) or "/usr/bin/setpriv"
-SETSID = shutil.which("setsid", path=DEFAULT_PATH) or "/usr/bin/setsid"
 
 
 @dataclass(frozen=True)
@@ -190,30 +185,28 @@ def start(
     stdout: int,
     stderr: int,
     tty: bool = False,
-) -> subprocess.Popen[bytes]:
+    starter: Starter | None = None,
+) -> subprocess.Popen[bytes] | Started:
     """Start the command in a new session (with `tty`, stdin, a PTY slave, becomes its
-    controlling terminal); launch failures become 400s naming the field."""
+    controlling terminal); launch failures become 400s naming the field. A child that
+    switches user or takes a terminal is started by `starter`, any other by vfork."""
     ident = launch.identity
-    argv = launch.argv
-    if ident.switch:
-        groups = ",".join(map(str, ident.groups))
-        argv = [SETPRIV, f"--reuid={ident.uid}", f"--regid={ident.gid}",
-                f"--groups={groups}" if groups else "--clear-groups", "--", *argv]
-    if tty:
-        # setsid makes the child a session leader (it is not yet one, so setsid does not
-        # fork) and takes stdin as the controlling terminal.
-        argv = [SETSID, "--ctty", *argv]
     try:
-        if argv is not launch.argv:
-            check_executable(launch)  # the helper could only report it as exit code 127
+        if ident.switch or tty:
+            if starter is None:
+                raise Unavailable("this process needs the process starter, which is not set up")
+            request = Request(launch.argv, launch.env, launch.cwd,
+                              ident.uid if ident.switch else None,
+                              ident.gid if ident.switch else None, ident.groups, tty)
+            return starter.start(request, stdin, stdout, stderr)
         return subprocess.Popen(
-            argv,
+            launch.argv,
             stdin=stdin,
             stdout=stdout,
             stderr=stderr,
             cwd=launch.cwd,
             env=launch.env,
-            start_new_session=not tty,
+            start_new_session=True,
             close_fds=True,
         )
     except AgentError:
@@ -222,40 +215,6 @@ def start(
         raise launch_error(launch, exc) from None
     except (ValueError, subprocess.SubprocessError) as exc:
         raise _bad("command", f"cannot be started: {exc}") from None
-
-
-def _executable_by(path: str, ident: Identity) -> bool:
-    info = os.stat(path)
-    if not stat.S_ISREG(info.st_mode):
-        return False
-    if ident.uid == 0:
-        return bool(info.st_mode & 0o111)
-    if info.st_uid == ident.uid:
-        return bool(info.st_mode & stat.S_IXUSR)
-    if info.st_gid == ident.gid or info.st_gid in ident.groups:
-        return bool(info.st_mode & stat.S_IXGRP)
-    return bool(info.st_mode & stat.S_IXOTH)
-
-
-def check_executable(launch: Launch) -> None:
-    """What exec would say about the command for the user it runs as, checked before the
-    start (as execvp searches PATH): FileNotFoundError or PermissionError."""
-    command = launch.argv[0]
-    if "/" in command:
-        candidates = [os.path.join(launch.cwd, command)]
-    else:
-        path = launch.env.get("PATH", DEFAULT_PATH)
-        candidates = [os.path.join(entry or ".", command) for entry in path.split(":")]
-    denied = False
-    for candidate in candidates:
-        if not os.path.exists(candidate):
-            continue
-        if _executable_by(candidate, launch.identity):
-            return
-        denied = True
-    if denied:
-        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), command)
-    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), command)
 
 
 def launch_error(launch: Launch, exc: OSError) -> AgentError:
