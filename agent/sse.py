@@ -84,6 +84,11 @@ class SSEWriter:
         lines.append("data: " + json.dumps(data, separators=(",", ":"), ensure_ascii=False))
         await self._write(("\n".join(lines) + "\n\n").encode())
 
+    async def send_json(self, body: bytes, *, id: int | None = None) -> None:
+        """An event whose data is `body`, JSON already serialized (one line)."""
+        head = b"data: " if id is None else b"id: %d\ndata: " % id
+        await self._write(b"".join((head, body, b"\n\n")))
+
     async def write_frame(self, frame: bytes) -> None:
         """Frames already in SSE form (several at once, id-only frames, comments)."""
         await self._write(frame)

@@ -8,6 +8,7 @@ import asyncio
 import base64
 import contextlib
 import errno
+import json
 import logging
 import os
 import time
@@ -54,6 +55,16 @@ class Missed:
 
 
 Item = Chunk | Exited
+
+
+def event_bytes(item: Chunk | Exited | Missed) -> bytes:
+    """`event_json` serialized. A chunk's is built as bytes directly (base64 needs no JSON
+    escaping): output streams are mostly chunks, and this spares each one a round trip
+    through str and the JSON encoder."""
+    if isinstance(item, Chunk):
+        return b'{"stream":"%s","data_b64":"%s"}' % (item.stream.encode(),
+                                                    base64.b64encode(item.data))
+    return json.dumps(event_json(item), separators=(",", ":")).encode()
 
 
 def event_json(item: Chunk | Exited | Missed) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from agent.auth import require_scope
 from agent.errors import AgentError, BadRequest, field_error
 from agent.processes.launch import Command
 from agent.processes.manager import ManagedProcess, ProcessManager, TtySize
-from agent.processes.output import Chunk, Exited, Missed, event_json
+from agent.processes.output import Chunk, Exited, Missed, event_bytes
 from agent.processes.pty import DEFAULT_COLS, DEFAULT_ROWS
 from agent.slices import Lifecycle
 from agent.spec import request_json
@@ -105,7 +105,7 @@ async def process_stream(request: web.Request) -> web.StreamResponse:
                             headers={"X-SSE-Content-Type": "application/json"})
     async with open_sse(request) as sse, contextlib.aclosing(proc.output.read(after)) as items:
         async for seq, item in items:
-            await sse.send(event_json(item), id=seq)
+            await sse.send_json(event_bytes(item), id=seq)
     return sse.response
 
 

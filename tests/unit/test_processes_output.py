@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import time
 
@@ -15,6 +16,7 @@ from agent.processes.output import (
     Exited,
     Missed,
     OutputPump,
+    event_bytes,
     event_json,
 )
 
@@ -27,6 +29,15 @@ def test_event_json_shapes() -> None:
     assert event_json(Missed(3, 10)) == {"event": "gap", "missed_events": 3,
                                          "missed_bytes": 10}
     assert event_json(Missed(3, None)) == {"event": "gap", "missed_events": 3}
+
+
+def test_event_bytes_is_event_json_serialized() -> None:
+    items = (Chunk("stdout", bytes(range(256)) * 300, 7), Chunk("stderr", b"", 0),
+             Exited(ExitStatus(0), 9), Missed(2, None), Missed(1, 4))
+    for item in items:
+        frame = event_bytes(item)
+        assert b"\n" not in frame  # one SSE data line
+        assert json.loads(frame) == event_json(item)
 
 
 def test_capped_buffer_keeps_the_head_and_counts_the_rest() -> None:
