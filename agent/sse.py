@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import AsyncGenerator
 from types import TracebackType
 from typing import Any
 
@@ -17,6 +18,7 @@ from aiohttp import web
 
 from agent.appkeys import SETTINGS
 from agent.errors import BadRequest
+from agent.streams import StreamEvent
 
 
 def last_event_id(request: web.Request) -> int:
@@ -84,6 +86,12 @@ class SSEWriter:
         lines.append("data: " + json.dumps(data, separators=(",", ":"), ensure_ascii=False))
         await self._write(("\n".join(lines) + "\n\n").encode())
 
+    async def event(self, event: StreamEvent) -> None:
+        if isinstance(event.data, bytes):
+            await self.send_json(event.data, id=event.id)
+        else:
+            await self.send(event.data, id=event.id)
+
     async def send_json(self, body: bytes, *, id: int | None = None) -> None:
         """An event whose data is `body`, JSON already serialized (one line)."""
         head = b"data: " if id is None else b"id: %d\ndata: " % id
@@ -114,6 +122,16 @@ class SSEWriter:
                     await self.comment()
                 except (ConnectionError, RuntimeError):
                     return
+
+
+async def stream(request: web.Request,
+                 events: AsyncGenerator[StreamEvent, None]) -> web.StreamResponse:
+    """Serve a domain's events as an event stream until they end or the client goes; the
+    events' generator is closed either way (its cleanup runs)."""
+    async with open_sse(request) as sse, contextlib.aclosing(events) as items:
+        async for event in items:
+            await sse.event(event)
+    return sse.response
 
 
 def open_sse(request: web.Request) -> SSEWriter:

@@ -13,7 +13,7 @@ import asyncio
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -40,6 +40,17 @@ class Wakeup:
         except TimeoutError:
             return False
         return True
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEvent:
+    """One event of a stream, as a domain hands it to the SSE edge (`sse.stream`): `data`
+    is its JSON (a value, or bytes already serialized on one line), `id` its sequence
+    number for Last-Event-ID (None: not a point a reader can resume from). A domain says
+    what a reader missed as an event of its own, never by leaving it out."""
+
+    data: Any
+    id: int | None = None
 
 
 @dataclass(frozen=True)

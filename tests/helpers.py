@@ -347,3 +347,95 @@ def assert_error(body: dict[str, Any], code: str, field: str | None = None) -> N
     assert isinstance(body["message"], str) and body["message"], body
     if field is not None:
         assert any(d.get("field") == field for d in body.get("details", [])), body
+
+
+# --- server-sent events: the one parser of the tests ------------------------------------
+
+
+@dataclass
+class SSEFrame:
+    """One frame of an event stream: its `id:` (None without one), its `data:` parsed as
+    JSON (None for an id-only or comment-only frame), and its comments."""
+
+    id: int | None
+    data: Any
+    comments: list[str] = field(default_factory=list)
+
+
+def _sse_frame(lines: list[str]) -> SSEFrame | None:
+    frame_id: int | None = None
+    data: list[str] = []
+    comments: list[str] = []
+    for line in lines:
+        if line.startswith(":"):
+            comments.append(line[1:].strip())
+            continue
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "id":
+            frame_id = int(value)
+        elif name == "data":
+            data.append(value)
+        else:
+            raise AssertionError(f"unexpected SSE line {line!r}")
+    if frame_id is None and not data and not comments:
+        return None
+    return SSEFrame(frame_id, json.loads("\n".join(data)) if data else None, comments)
+
+
+def parse_sse(raw: bytes) -> list[SSEFrame]:
+    """Every frame of a whole event-stream body."""
+    frames = (_sse_frame(block.split("\n")) for block in raw.decode().split("\n\n"))
+    return [frame for frame in frames if frame is not None]
+
+
+class SSEReader:
+    """An event-stream response read frame by frame, as it comes."""
+
+    def __init__(self, response: Any) -> None:
+        """`response`: an aiohttp ClientResponse; its headers are checked here."""
+        assert response.status == 200, response.status
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        assert response.headers["X-SSE-Content-Type"] == "application/json"
+        self.response = response
+
+    async def frame(self, timeout: float = 10.0) -> SSEFrame | None:
+        """The next frame, comment-only and id-only ones included; None at the end."""
+        lines: list[str] = []
+        async with asyncio.timeout(timeout):
+            while True:
+                raw = await self.response.content.readline()
+                if not raw:
+                    assert not lines, f"the stream ended mid-frame: {lines}"
+                    return None
+                line = raw.decode().rstrip("\n")
+                if line:
+                    lines.append(line)
+                    continue
+                frame = _sse_frame(lines)
+                lines = []
+                if frame is not None:
+                    return frame
+
+    async def event(self, timeout: float = 10.0) -> SSEFrame | None:
+        """The next frame with data (comments and id-only frames skipped); None at the
+        end. `timeout` bounds the wait for each frame."""
+        while (frame := await self.frame(timeout)) is not None:
+            if frame.data is not None:
+                return frame
+        return None
+
+    async def events(self, count: int, timeout: float = 10.0) -> list[SSEFrame]:
+        found: list[SSEFrame] = []
+        for _ in range(count):
+            frame = await self.event(timeout)
+            assert frame is not None, f"the stream ended after {[f.data for f in found]}"
+            found.append(frame)
+        return found
+
+    async def rest(self, timeout: float = 10.0) -> list[SSEFrame]:
+        """Every frame with data until the stream ends."""
+        found = []
+        while (frame := await self.event(timeout)) is not None:
+            found.append(frame)
+        return found

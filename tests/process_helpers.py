@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import os
 import pwd
 import subprocess
@@ -15,6 +14,7 @@ from typing import Any
 
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
+from helpers import SSEReader
 
 TEST_USER = "agent-proc-test"
 
@@ -109,23 +109,18 @@ class SSE:
     resp: ClientResponse
     events: list[Event] = field(default_factory=list)
     ended: bool = False
-    _buf: bytes = b""
+
+    def __post_init__(self) -> None:
+        self.reader = SSEReader(self.resp)
 
     async def next(self, timeout: float = 20) -> Event | None:
-        while True:
-            frame, sep, rest = self._buf.partition(b"\n\n")
-            if sep:
-                self._buf = rest
-                event = _parse_frame(frame)
-                if event is None:
-                    continue
-                self.events.append(event)
-                return event
-            chunk = await asyncio.wait_for(self.resp.content.readany(), timeout)
-            if not chunk:
-                self.ended = True
-                return None
-            self._buf += chunk
+        frame = await self.reader.event(timeout)
+        if frame is None:
+            self.ended = True
+            return None
+        event = Event(frame.id, frame.data)
+        self.events.append(event)
+        return event
 
     async def until(self, wanted: bytes | str, stream: str = "stdout",
                     timeout: float = 20) -> bytes:
@@ -155,19 +150,6 @@ class SSE:
 
     def close(self) -> None:
         self.resp.close()
-
-
-def _parse_frame(frame: bytes) -> Event | None:
-    event_id: int | None = None
-    data: list[str] = []
-    for line in frame.decode().split("\n"):
-        if line.startswith("id: "):
-            event_id = int(line[4:])
-        elif line.startswith("data: "):
-            data.append(line[6:])
-    if not data:
-        return None  # a keepalive comment
-    return Event(event_id, json.loads("\n".join(data)))
 
 
 async def open_stream(client: Client, process_id: str,

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from aiohttp import BodyPartReader, MultipartReader, web
 
-from agent import osutil
+from agent import osutil, sse
 from agent.aio import run_to_end
 from agent.appkeys import FS_USER, SETTINGS
 from agent.archives import extract_zip
@@ -42,8 +42,7 @@ from agent.paging import next_link
 from agent.ranges import byte_range
 from agent.slices import Lifecycle
 from agent.spec import RequestTimeout, body_timeout, request_json, request_query
-from agent.sse import last_event_id, open_sse
-from agent.streams import Gap
+from agent.sse import last_event_id
 
 WATCHES = web.AppKey("fs_watches", WatchManager)
 
@@ -473,19 +472,7 @@ async def start_watch(request: web.Request) -> web.Response:
 async def watch_events(request: web.Request) -> web.StreamResponse:
     watch = request.app[WATCHES].get(request.match_info["watch_id"])
     after = last_event_id(request)
-    sse = open_sse(request)
-
-    with watch.reading():
-        async with sse:
-            async for item in watch.log.follow(after):
-                if isinstance(item, Gap):
-                    await sse.send(watch.overflow(
-                        f"this reader fell behind the watch's buffer: {item.missed} events "
-                        "were dropped", missed=item.missed, first_missed_id=item.first,
-                        last_missed_id=item.last), id=item.last)
-                else:
-                    await sse.send(item.item, id=item.seq)
-    return sse.response
+    return await sse.stream(request, watch.events(after))
 
 
 @routes.delete("/fs/watch/{watch_id}")

@@ -29,14 +29,14 @@ import stat
 import struct
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from agent.errors import BadRequest, NotFound, ShuttingDown, TooManyRequests, Unavailable
 from agent.identity import FsUser, run_as
 from agent.osutil import libc, mapped, shown
-from agent.streams import EventLog
+from agent.streams import EventLog, Gap, StreamEvent
 
 log = logging.getLogger(__name__)
 
@@ -324,6 +324,20 @@ class Watch:
         self._writes.clear()
         for wd in list(self.dirs):
             self.manager.detach(self, wd)
+
+    async def events(self, after: int) -> AsyncGenerator[StreamEvent, None]:
+        """The events after `after` for one reader, as they come (the watch does not
+        expire meanwhile); a reader that fell behind the buffer gets an OVERFLOW event
+        where the events it missed were."""
+        with self.reading():
+            async for item in self.log.follow(after):
+                if isinstance(item, Gap):
+                    yield StreamEvent(self.overflow(
+                        f"this reader fell behind the watch's buffer: {item.missed} events "
+                        "were dropped", missed=item.missed, first_missed_id=item.first,
+                        last_missed_id=item.last), item.last)
+                else:
+                    yield StreamEvent(item.item, item.seq)
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[EventLog[Event]]:

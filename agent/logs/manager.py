@@ -5,12 +5,16 @@ their files)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncGenerator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 
 from agent.errors import BadRequest, Forbidden, NotFound, ShuttingDown, field_error
 from agent.identity import FsUser
 from agent.logs.tail import FileTailer
+from agent.streams import StreamEvent
 from agent.supervisor import SupervisorClient
 
 log = logging.getLogger(__name__)
@@ -38,6 +42,23 @@ def parse_tail(value: str | int | None) -> int | None:
         raise BadRequest("tail must not be negative",
                          details=[field_error("tail", "must not be negative")])
     return lines
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+async def log_events(batches: AsyncGenerator[list[str], None],
+                     ) -> AsyncGenerator[StreamEvent, None]:
+    """A tailer's lines as the events of `/logs/stream`, numbered from 1, each batch
+    stamped with the time it was read."""
+    seq = 0
+    async with contextlib.aclosing(batches):
+        async for lines in batches:
+            stamp = _now()
+            for line in lines:
+                seq += 1
+                yield StreamEvent({"event": "log", "timestamp": stamp, "message": line}, seq)
 
 
 class LogManager:

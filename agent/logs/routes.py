@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-from contextlib import aclosing
-from datetime import UTC, datetime
-
 from aiohttp import web
 
+from agent import sse
 from agent.appkeys import FS_USER, SETTINGS
-from agent.logs.manager import LogManager
+from agent.logs.manager import LogManager, log_events
 from agent.slices import Lifecycle
 from agent.spec import request_query
-from agent.sse import open_sse
 
 LOGS = web.AppKey("logs", LogManager)
 
 routes = web.RouteTableDef()
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @routes.get("/logs/stream")
@@ -32,16 +25,7 @@ async def logs_stream(request: web.Request) -> web.StreamResponse:
         follow=query.get("follow", True),
     )
     try:
-        async with open_sse(request) as sse:
-            seq = 0
-            async with aclosing(tailer.batches()) as batches:
-                async for lines in batches:
-                    stamp = _now()
-                    for line in lines:
-                        seq += 1
-                        await sse.send({"event": "log", "timestamp": stamp,
-                                        "message": line}, id=seq)
-        return sse.response
+        return await sse.stream(request, log_events(tailer.batches()))
     finally:
         manager.release(tailer)
 

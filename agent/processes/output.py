@@ -12,11 +12,12 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from agent.processes.child import ExitStatus
+from agent.streams import StreamEvent
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,15 @@ class Missed:
 
 
 Item = Chunk | Exited
+
+
+async def stream_events(
+    items: AsyncGenerator[tuple[int | None, Chunk | Exited | Missed], None],
+) -> AsyncGenerator[StreamEvent, None]:
+    """A spool's items (`Spool.read`) as the events of `/process/{id}/stdout/stream`."""
+    async with contextlib.aclosing(items):
+        async for seq, item in items:
+            yield StreamEvent(event_bytes(item), seq)
 
 
 def event_bytes(item: Chunk | Exited | Missed) -> bytes:

@@ -12,16 +12,17 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from agent import sse
 from agent.appkeys import SETTINGS
 from agent.auth import require_scope
 from agent.errors import AgentError, BadRequest, field_error
 from agent.processes.launch import Command
 from agent.processes.manager import ManagedProcess, ProcessManager, TtySize
-from agent.processes.output import Chunk, Exited, Missed, event_bytes
+from agent.processes.output import Chunk, Exited, Missed, stream_events
 from agent.processes.pty import DEFAULT_COLS, DEFAULT_ROWS
 from agent.slices import Lifecycle
 from agent.spec import request_json
-from agent.sse import last_event_id, open_sse
+from agent.sse import last_event_id
 
 MANAGER = web.AppKey("process_manager", ProcessManager)
 
@@ -103,10 +104,7 @@ async def process_stream(request: web.Request) -> web.StreamResponse:
     if request.method == "HEAD":  # the headers only; following the output could take hours
         return web.Response(content_type="text/event-stream",
                             headers={"X-SSE-Content-Type": "application/json"})
-    async with open_sse(request) as sse, contextlib.aclosing(proc.output.read(after)) as items:
-        async for seq, item in items:
-            await sse.send_json(event_bytes(item), id=seq)
-    return sse.response
+    return await sse.stream(request, stream_events(proc.output.read(after)))
 
 
 @routes.post("/process/{process_id}/stdin")

@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 import websockets
-from helpers import Chromium, async_wait_until, free_port, wait_until
+from helpers import Chromium, async_wait_until, free_port, parse_sse, wait_until
 from PIL import Image
 
 pytestmark = [
@@ -364,12 +364,7 @@ def test_playwright_runs_under_the_images_node(box: Container) -> None:
 
 
 def sse_events(raw: bytes) -> list[dict[str, Any]]:
-    events = []
-    for frame in raw.decode().split("\n\n"):
-        data = [line[5:].lstrip() for line in frame.splitlines() if line.startswith("data:")]
-        if data:
-            events.append(json.loads("\n".join(data)))
-    return events
+    return [frame.data for frame in parse_sse(raw) if frame.data is not None]
 
 
 def test_chromium_supervisor_log_streams(box: Container) -> None:

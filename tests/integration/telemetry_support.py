@@ -4,13 +4,13 @@ and every envelope checked against the daemon's published schema as it is read."
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 from aiohttp import web
+from helpers import SSEReader
 from jsonschema import Draft202012Validator
 
 from agent.spec import spec_document
@@ -56,40 +56,21 @@ class Frame:
 
 class Stream:
     def __init__(self, response: aiohttp.ClientResponse) -> None:
-        assert response.status == 200, response.status
-        assert response.headers["Content-Type"].startswith("text/event-stream")
-        assert response.headers["X-SSE-Content-Type"] == "application/json"
+        self.reader = SSEReader(response)
         self.response = response
         self.seen: list[Frame] = []
 
     async def frame(self, timeout: float = 10.0) -> Frame | None:
         """The next frame (comment-only frames included); None when the stream ends."""
-        frame_id: int | None = None
-        data: str | None = None
-        comments: list[str] = []
-        async with asyncio.timeout(timeout):
-            while True:
-                raw = await self.response.content.readline()
-                if not raw:
-                    return None
-                line = raw.decode().rstrip("\n")
-                if line == "":
-                    if frame_id is None and data is None and not comments:
-                        continue
-                    envelope = check(json.loads(data)) if data is not None else None
-                    if envelope is not None:
-                        assert envelope["seq"] == frame_id
-                    found = Frame(frame_id, envelope, comments)
-                    self.seen.append(found)
-                    return found
-                if line.startswith(":"):
-                    comments.append(line[1:].strip())
-                elif line.startswith("id: "):
-                    frame_id = int(line[4:])
-                elif line.startswith("data: "):
-                    data = line[6:]
-                else:
-                    raise AssertionError(f"unexpected SSE line {line!r}")
+        raw = await self.reader.frame(timeout)
+        if raw is None:
+            return None
+        envelope = check(raw.data) if raw.data is not None else None
+        if envelope is not None:
+            assert envelope["seq"] == raw.id
+        found = Frame(raw.id, envelope, raw.comments)
+        self.seen.append(found)
+        return found
 
     async def until(self, predicate: Callable[[Frame], bool], timeout: float = 15.0
                     ) -> list[Frame]:

@@ -4,7 +4,6 @@ resume, the overflow marker, the end of a watch, idle expiry and shutdown."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import time
@@ -14,36 +13,25 @@ from typing import Any
 import aiohttp
 from aiohttp.test_utils import TestClient
 from common import ADMIN, MakeClient
-from helpers import async_wait_until
+from helpers import SSEReader, async_wait_until
 
 from agent.files.routes import WATCHES
 
 
 class SSE:
-    """Reads `id:`/`data:` frames (comments skipped) from an event-stream response."""
+    """A watch's event stream: (id, FileSystemEvent) frames."""
 
     def __init__(self, response: aiohttp.ClientResponse) -> None:
-        assert response.status == 200, response.status
-        assert response.headers["Content-Type"].startswith("text/event-stream")
-        assert response.headers["X-SSE-Content-Type"] == "application/json"
         self.response = response
+        self.reader = SSEReader(response)
 
     async def frame(self, timeout: float = 5.0) -> tuple[int, dict[str, Any]] | None:
         """The next (id, data); None when the stream ended."""
-        frame_id, data = None, None
-        async with asyncio.timeout(timeout):
-            while True:
-                raw = await self.response.content.readline()
-                if not raw:
-                    return None
-                line = raw.decode().rstrip("\n")
-                if line.startswith("id: "):
-                    frame_id = int(line[4:])
-                elif line.startswith("data: "):
-                    data = json.loads(line[6:])
-                elif line == "" and data is not None:
-                    assert frame_id is not None
-                    return frame_id, data
+        frame = await self.reader.event(timeout)
+        if frame is None:
+            return None
+        assert frame.id is not None
+        return frame.id, frame.data
 
     async def frames(self, count: int, timeout: float = 5.0) -> list[tuple[int, dict[str, Any]]]:
         found = []

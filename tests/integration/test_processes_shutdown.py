@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -21,7 +20,7 @@ from typing import Any, BinaryIO
 
 import aiohttp
 import pytest
-from helpers import async_wait_until, free_port
+from helpers import SSEReader, async_wait_until, free_port
 from process_helpers import b64, browser_user_env, pid_alive, processes_with_env
 
 TOKEN = "shutdown-test-token"
@@ -277,10 +276,9 @@ async def test_sigterm_under_load_ends_every_client_cleanly(tmp_path: Path,
         async def follow(process_id: str) -> list[dict[str, Any]]:
             events = []
             async with session.get(f"/process/{process_id}/stdout/stream") as resp:
-                assert resp.status == 200
-                async for line in resp.content:
-                    if line.startswith(b"data: "):
-                        events.append(json.loads(line[6:]))
+                reader = SSEReader(resp)
+                while (frame := await reader.event(timeout=60)) is not None:
+                    events.append(frame.data)
             return events
 
         ticking = [await daemon.call("/process/spawn", {

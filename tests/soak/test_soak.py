@@ -50,7 +50,7 @@ import aiohttp
 import psutil
 import pytest
 from aiohttp import web
-from helpers import free_display, free_port, wait_until
+from helpers import SSEReader, free_display, free_port, wait_until
 from process_helpers import browser_user
 
 REPO = Path(__file__).resolve().parents[2]
@@ -259,13 +259,13 @@ class Client:
                 if resp.status != 200:
                     self.tally.by_status[resp.status] += 1
                     return
-                async for line in resp.content:
-                    if line.startswith(b"data: "):
-                        event = json.loads(line[6:])
-                        if "data_b64" in event:
-                            got += len(base64.b64decode(event["data_b64"]))
-                        elif event.get("event") == "exit":
-                            exit_code = event["exit_code"]
+                reader = SSEReader(resp)
+                while (frame := await reader.event(timeout=60)) is not None:
+                    event = frame.data
+                    if "data_b64" in event:
+                        got += len(base64.b64decode(event["data_b64"]))
+                    elif event.get("event") == "exit":
+                        exit_code = event["exit_code"]
         except (TimeoutError, aiohttp.ClientError):
             if not self.tally.daemon_down():
                 self.tally.fail("output stream broke while the daemon was up")
