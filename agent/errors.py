@@ -7,7 +7,7 @@ responses, so every failure looks the same to clients.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Self
 
 
 class AgentError(Exception):
@@ -36,6 +36,14 @@ class AgentError(Exception):
             self.code = code
         if status is not None:  # e.g. the router's 404/405, or a wrapped error's own
             self.status = status
+
+    @classmethod
+    def for_field(cls, field: str, problem: str, message: str | None = None, *,
+                  detail_code: str = "invalid_field", **kwargs: Any) -> Self:
+        """The error of one bad field: its one detail names the field and the problem;
+        the message is "<field> <problem>" unless given."""
+        return cls(message or f"{field} {problem}",
+                   details=[field_error(field, problem, detail_code)], **kwargs)
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {"code": self.code, "message": self.message}

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from agent.errors import BadRequest, field_error
+from agent.errors import BadRequest
 
 
 class IndexedFields:
@@ -31,9 +31,9 @@ class IndexedFields:
         key = (match.group(3) or match.group(4)) if match else None
         if match is None or key not in self.keys:
             expected = " and ".join(f"{self.group}[N][{k}]" for k in self.keys)
-            raise BadRequest(f"unknown form field {name!r}: expected {expected}",
-                             details=[field_error(name or "(unnamed)", "is not a known field",
-                                                  "unknown_field")])
+            raise BadRequest.for_field(
+                name or "(unnamed)", "is not a known field",
+                f"unknown form field {name!r}: expected {expected}", detail_code="unknown_field")
         assert key is not None
         digits = match.group(1) if match.group(1) is not None else match.group(2)
         if digits:
@@ -42,7 +42,7 @@ class IndexedFields:
             index = self._positions.get(key, 0)
             self._positions[key] = index + 1
         if index >= self.max_items:
-            raise BadRequest(f"at most {self.max_items} {self.group} per request",
-                             details=[field_error(f"{self.group}[{index}]",
-                                                  "index too large")])
+            raise BadRequest.for_field(
+                f"{self.group}[{index}]", "index too large",
+                f"at most {self.max_items} {self.group} per request")
         return index, key

@@ -23,7 +23,6 @@ from agent.errors import (
     Forbidden,
     NotFound,
     PayloadTooLarge,
-    field_error,
 )
 
 log = logging.getLogger(__name__)
@@ -69,19 +68,17 @@ def check_path(value: Any, field: str = "path") -> str:
     The path is passed to the OS as given (no lexical `..` folding, which would disagree
     with the kernel's resolution through symlinks)."""
     if not isinstance(value, str) or value == "":
-        raise BadRequest(f"{field} must not be empty",
-                         details=[field_error(field, "must not be empty")])
+        raise BadRequest.for_field(field, "must not be empty")
     if "\x00" in value:
-        raise BadRequest(f"{field} must not contain a NUL byte",
-                         details=[field_error(field, "must not contain a NUL byte")])
+        raise BadRequest.for_field(field, "must not contain a NUL byte")
     if not value.startswith("/"):
-        raise BadRequest(f"{field} must be an absolute path, got {value!r}",
-                         details=[field_error(field, "must be an absolute path")])
+        raise BadRequest.for_field(
+            field, "must be an absolute path", f"{field} must be an absolute path, got {value!r}")
     try:
         os.fsencode(value)
     except UnicodeEncodeError:
-        raise BadRequest(f"{field} is not a valid file name encoding",
-                         details=[field_error(field, "is not valid UTF-8")]) from None
+        raise BadRequest.for_field(
+            field, "is not valid UTF-8", f"{field} is not a valid file name encoding") from None
     return value
 
 

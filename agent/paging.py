@@ -22,7 +22,7 @@ from typing import Generic, TypeVar
 
 from yarl import URL
 
-from agent.errors import BadRequest, field_error
+from agent.errors import BadRequest
 
 T = TypeVar("T")
 
@@ -48,8 +48,9 @@ def decode_cursor(cursor: str, field: str = "cursor") -> str:
     except (binascii.Error, ValueError):
         text = ""
     if not cursor.isascii() or not text.startswith(_PREFIX):
-        raise BadRequest(f"{field}: not a cursor from a previous page",
-                         details=[field_error(field, "not a cursor from a previous page")])
+        raise BadRequest.for_field(
+            field, "not a cursor from a previous page",
+            f"{field}: not a cursor from a previous page")
     return text[len(_PREFIX):]
 
 

@@ -21,7 +21,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from agent.errors import BadRequest, NotFound, field_error
+from agent.errors import BadRequest, NotFound
 
 COOKIE_PREFIX = "agent_session"
 SESSION_SCOPES = ("read", "write")
@@ -58,8 +58,9 @@ def cookie_name(port: int | None) -> str:
 
 def check_path(path: str) -> str:
     if not _LOCAL_PATH.match(path) or len(path) > 1024:
-        raise BadRequest("path must be a path on this daemon, such as /live",
-                         details=[field_error("path", "must be an absolute local path")])
+        raise BadRequest.for_field(
+            "path", "must be an absolute local path",
+            "path must be a path on this daemon, such as /live")
     return path
 
 
@@ -73,8 +74,7 @@ class SessionStore:
              session_ttl_s: int = SESSION_TTL_DEFAULT_S) -> Link:
         """A new single-use link (the caller checked `scope` against its own)."""
         if scope not in SESSION_SCOPES:
-            raise BadRequest("scope must be read or write",
-                             details=[field_error("scope", "must be read or write")])
+            raise BadRequest.for_field("scope", "must be read or write")
         check_path(path)
         self._sweep()
         while len(self._links) >= MAX_LINKS:

@@ -199,8 +199,9 @@ async def request_json(request: web.Request) -> dict[str, Any]:
         raise PayloadTooLarge(f"request body larger than the {limit}-byte limit") from None
     if not raw.strip():
         if required:
-            raise BadRequest("a JSON request body is required",
-                             details=[field_error("body", "is required", "missing_field")])
+            raise BadRequest.for_field(
+                "body", "is required", "a JSON request body is required",
+                detail_code="missing_field")
         return validate_body(op, {})
     if _nesting(raw) > MAX_JSON_DEPTH:
         raise BadRequest(f"JSON body nested deeper than {MAX_JSON_DEPTH} levels")
@@ -247,22 +248,19 @@ def _coerce(name: str, raw: str, schema: Mapping[str, Any]) -> Any:
         try:
             return int(raw)
         except ValueError:
-            raise BadRequest(f"{name} must be an integer",
-                             details=[field_error(name, "must be an integer")]) from None
+            raise BadRequest.for_field(name, "must be an integer") from None
     if kind == "number":
         try:
             return float(raw)
         except ValueError:
-            raise BadRequest(f"{name} must be a number",
-                             details=[field_error(name, "must be a number")]) from None
+            raise BadRequest.for_field(name, "must be a number") from None
     if kind == "boolean":
         lowered = raw.lower()
         if lowered in ("true", "1", "yes"):
             return True
         if lowered in ("false", "0", "no"):
             return False
-        raise BadRequest(f"{name} must be true or false",
-                         details=[field_error(name, "must be true or false")])
+        raise BadRequest.for_field(name, "must be true or false")
     return raw
 
 
@@ -289,9 +287,9 @@ def request_query(request: web.Request) -> dict[str, Any]:
             raw = request.query.get(name)
             if raw is None:
                 if param.get("required"):
-                    raise BadRequest(f"query parameter {name} is required",
-                                     details=[field_error(name, "is required",
-                                                          "missing_field")])
+                    raise BadRequest.for_field(
+                        name, "is required", f"query parameter {name} is required",
+                        detail_code="missing_field")
                 if "default" in _resolve(schema):
                     values[name] = copy.deepcopy(_resolve(schema)["default"])
                 continue

@@ -12,7 +12,7 @@ import socket
 import xmlrpc.client
 from typing import Any
 
-from agent.errors import AgentError, BadGateway, BadRequest, NotFound, Unavailable, field_error
+from agent.errors import AgentError, BadGateway, BadRequest, NotFound, Unavailable
 
 # supervisord's fault codes (supervisor.xmlrpc.Faults) that mean something to a client.
 FAULT_SHUTDOWN_STATE = 6
@@ -57,12 +57,12 @@ def _shorten(text: str, limit: int = 100) -> str:
 def check_program_name(name: str) -> None:
     """Names supervisord could never have (and XML-RPC cannot carry) are bad requests."""
     if not name:
-        raise BadRequest("supervisor_process must not be empty",
-                         details=[field_error("supervisor_process", "is empty")])
+        raise BadRequest.for_field(
+            "supervisor_process", "is empty", "supervisor_process must not be empty")
     if any(ord(c) < 0x20 or ord(c) == 0x7F or 0xD800 <= ord(c) <= 0xDFFF for c in name):
-        raise BadRequest("supervisor_process must not contain control characters",
-                         details=[field_error("supervisor_process",
-                                              "contains control characters")])
+        raise BadRequest.for_field(
+            "supervisor_process", "contains control characters",
+            "supervisor_process must not contain control characters")
 
 
 class SupervisorClient:

@@ -98,9 +98,9 @@ class ExtensionUpload:
     async def add_zip(self, index: int, chunks: AsyncIterator[bytes]) -> None:
         entry = self.pending.setdefault(index, _Pending())
         if entry.zip_path is not None:
-            raise BadRequest(f"extensions[{index}].zip_file given twice",
-                             details=[field_error(f"extensions[{index}].zip_file",
-                                                  "is given twice")])
+            raise BadRequest.for_field(
+                f"extensions[{index}].zip_file", "is given twice",
+                f"extensions[{index}].zip_file given twice")
         path = self.staging_dir() / f"upload-{index}.zip"
         limit = self.settings.zip_max_bytes
         written = 0
@@ -109,9 +109,9 @@ class ExtensionUpload:
             async for chunk in chunks:
                 written += len(chunk)
                 if written > limit:
-                    raise PayloadTooLarge(
-                        f"extensions[{index}].zip_file is larger than {limit} bytes",
-                        details=[field_error(f"extensions[{index}].zip_file", "is too large")])
+                    raise PayloadTooLarge.for_field(
+                        f"extensions[{index}].zip_file", "is too large",
+                        f"extensions[{index}].zip_file is larger than {limit} bytes")
                 await run_as(self.fs, out.write, chunk)
         finally:
             await run_as(self.fs, out.close)
@@ -121,25 +121,24 @@ class ExtensionUpload:
         entry = self.pending.setdefault(index, _Pending())
         where = f"extensions[{index}].name"
         if entry.name is not None:
-            raise BadRequest(f"{where} given twice", details=[field_error(where, "is given twice")])
+            raise BadRequest.for_field(where, "is given twice", f"{where} given twice")
         try:
             name = raw.decode("utf-8").strip()
         except UnicodeDecodeError:
             name = ""
         if not NAME.match(name) or name.startswith("."):
-            raise BadRequest(
+            raise BadRequest.for_field(
+                where, "must match ^[a-zA-Z0-9._-]{1,255}$ and not start with '.'",
                 f"{where} must be 1-255 characters of letters, digits, '.', '_' or '-', "
-                "not starting with '.'",
-                details=[field_error(where, "must match ^[a-zA-Z0-9._-]{1,255}$ and not "
-                                     "start with '.'")])
+                "not starting with '.'")
         entry.name = name
 
     # ------------------------------------------------------------------ install
 
     def _complete(self) -> list[tuple[int, str, Path]]:
         if not self.pending:
-            raise BadRequest("no extensions given",
-                             details=[field_error("extensions", "is required", "missing_field")])
+            raise BadRequest.for_field(
+                "extensions", "is required", "no extensions given", detail_code="missing_field")
         details: list[dict[str, Any]] = []
         done: list[tuple[int, str, Path]] = []
         seen: dict[str, int] = {}
@@ -181,30 +180,26 @@ class ExtensionUpload:
 
     def _unpack(self, index: int, name: str, path: Path) -> _Unpacked:
         where = f"extensions[{index}].zip_file"
-
-        def bad(message: str) -> BadRequest:
-            return BadRequest(f"{where} {message}", details=[field_error(where, message)])
-
         target = self.staging_dir() / f"unpacked-{index}"
         try:
             extract_zip(str(path), str(target), self._owner(), self.settings.zip_max_entries,
                         self.settings.zip_max_bytes)
         except (BadRequest, PayloadTooLarge) as exc:
-            raise type(exc)(f"{where}: {exc.message}",
-                            details=[field_error(where, exc.message)]) from None
+            raise type(exc).for_field(where, exc.message, f"{where}: {exc.message}") from None
         folder = target
         if not (target / "manifest.json").is_file():
             inside = list(target.iterdir())
             if len(inside) == 1 and (inside[0] / "manifest.json").is_file():
                 folder = inside[0]  # the zip of a folder
             else:
-                raise bad("must contain manifest.json")
+                raise BadRequest.for_field(where, "must contain manifest.json")
         try:
             manifest = json.loads((folder / "manifest.json").read_bytes().decode("utf-8-sig"))
         except (ValueError, UnicodeDecodeError, OSError) as exc:
-            raise bad(f"has an unreadable manifest.json: {exc}") from None
+            raise BadRequest.for_field(
+                where, f"has an unreadable manifest.json: {exc}") from None
         if not isinstance(manifest, dict):
-            raise bad("has a manifest.json that is not a JSON object")
+            raise BadRequest.for_field(where, "has a manifest.json that is not a JSON object")
         return _Unpacked(index, name, folder)
 
     def staging_dir(self) -> Path:

@@ -34,7 +34,7 @@ from Xlib.protocol import event as xevent
 
 from agent.computer import keys as keynames
 from agent.computer import paths
-from agent.errors import BadRequest, DisplayUnavailable, field_error
+from agent.errors import BadRequest, DisplayUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -367,10 +367,10 @@ class InputSession:
     def check_point(self, x: int, y: int, field: str = "") -> None:
         if not (0 <= x < self.width and 0 <= y < self.height):
             where = field or "x, y"
-            raise BadRequest(
+            raise BadRequest.for_field(
+                field or "x", f"({x}, {y}) is outside the screen ({self.width}x{self.height})",
                 f"{where}: ({x}, {y}) is outside the screen ({self.width}x{self.height})",
-                details=[field_error(field or "x", f"({x}, {y}) is outside the screen "
-                                     f"({self.width}x{self.height})", "out_of_bounds")])
+                detail_code="out_of_bounds")
 
     # -- actions -------------------------------------------------------------------------
 

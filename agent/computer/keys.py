@@ -15,7 +15,7 @@ import re
 
 from Xlib import XK
 
-from agent.errors import BadRequest, field_error
+from agent.errors import BadRequest
 
 # Every keysym group python-xlib ships, so names like XF86AudioPlay or Cyrillic_a resolve.
 _GROUPS = (
@@ -137,15 +137,15 @@ def split_combo(text: str) -> list[str]:
 def parse_combo(text: str, field: str) -> list[int]:
     """A combo string → its keysyms in press order; a 400 naming the key when unknown."""
     if not text.strip() and text != " ":
-        raise BadRequest(f"{field}: empty key name",
-                         details=[field_error(field, "empty key name", "unknown_key")])
+        raise BadRequest.for_field(
+            field, "empty key name", f"{field}: empty key name", detail_code="unknown_key")
     keysyms: list[int] = []
     for name in split_combo(text):
         keysym = keysym_for_name(name)
         if keysym is None:
             shown = f"{name!r} in {text!r}" if name != text else repr(name)
-            raise BadRequest(f"unknown key: {shown}",
-                             details=[field_error(field, f"unknown key {name!r}", "unknown_key")])
+            raise BadRequest.for_field(
+                field, f"unknown key {name!r}", f"unknown key: {shown}", detail_code="unknown_key")
         keysyms.append(keysym)
     return keysyms
 

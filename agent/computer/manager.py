@@ -30,7 +30,7 @@ from agent.computer.screen import (
     release_free_memory,
 )
 from agent.computer.watch import ScreenWatch, WaitResult, WaitSpec, parse_wait
-from agent.errors import AgentError, BadRequest, DisplayUnavailable, field_error
+from agent.errors import AgentError, BadRequest, DisplayUnavailable
 
 T = TypeVar("T")
 
@@ -66,8 +66,9 @@ def _limit(params: Mapping[str, Any], name: str, low: int, high: int, default: i
     if value is None:
         return default
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise BadRequest(f"{name} must be an integer from {low} to {high}",
-                         details=[field_error(name, f"must be from {low} to {high}")])
+        raise BadRequest.for_field(
+            name, f"must be from {low} to {high}",
+            f"{name} must be an integer from {low} to {high}")
     return value
 
 
@@ -120,8 +121,7 @@ def _prepare(kind: str, params: Mapping[str, Any]) -> Action:
     if kind == "press_key":
         combos = keys.parse_keys(params.get("keys"), "keys")
         if not combos:
-            raise BadRequest("keys must name at least one key",
-                             details=[field_error("keys", "must name at least one key")])
+            raise BadRequest.for_field("keys", "must name at least one key")
         hold_ms = _limit(params, "duration", 0, MAX_WAIT_MS, 0)
         return Action(kind, lambda s: s.press_keys(combos, hold_ms, hold))
     if kind == "scroll":
@@ -132,8 +132,9 @@ def _prepare(kind: str, params: Mapping[str, Any]) -> Action:
     if kind == "drag_mouse":
         raw = params.get("path") or []
         if not 2 <= len(raw) <= MAX_PATH:
-            raise BadRequest(f"path must hold 2 to {MAX_PATH} points",
-                             details=[field_error("path", f"must hold 2 to {MAX_PATH} points")])
+            raise BadRequest.for_field(
+                "path", f"must hold 2 to {MAX_PATH} points",
+                f"path must hold 2 to {MAX_PATH} points")
         path = [(int(p[0]), int(p[1])) for p in raw]
         button = params.get("button") or "left"
         delay = _limit(params, "delay", 0, MAX_WAIT_MS, 0)
@@ -153,8 +154,8 @@ def _prepare(kind: str, params: Mapping[str, Any]) -> Action:
     if kind == "sleep":
         pause_ms = _limit(params, "duration_ms", 0, 30_000, 0)
         return Action(kind, lambda s: s.sleep(pause_ms))
-    raise BadRequest(f"unknown action type {kind!r}",
-                     details=[field_error("type", f"must be one of {', '.join(ACTION_TYPES)}")])
+    raise BadRequest.for_field(
+        "type", f"must be one of {', '.join(ACTION_TYPES)}", f"unknown action type {kind!r}")
 
 
 def _in_batch(exc: AgentError, index: int, kind: str) -> AgentError:
@@ -271,20 +272,22 @@ class Computer:
                 extra = sorted(k for k in item if k not in ("type", kind))
                 if kind == "screenshot":
                     if index != len(actions) - 1:
-                        raise BadRequest("a screenshot may only end a batch",
-                                         details=[field_error("type", "screenshot may only "
-                                                              "be the last action")])
+                        raise BadRequest.for_field(
+                            "type", "screenshot may only be the last action",
+                            "a screenshot may only end a batch")
                 elif kind not in ACTION_TYPES:
                     prepare(kind, {})
                 if extra:
-                    raise BadRequest(f"only the {kind} field may accompany type {kind}",
-                                     details=[field_error(extra[0], f"not allowed with type "
-                                                          f"{kind}", "unexpected_field")])
+                    raise BadRequest.for_field(
+                        extra[0], f"not allowed with type {kind}",
+                        f"only the {kind} field may accompany type {kind}",
+                        detail_code="unexpected_field")
                 params = item.get(kind, {} if kind == "screenshot" else None)
                 if not isinstance(params, Mapping):
-                    raise BadRequest(f"type {kind} needs its parameters in the {kind} field",
-                                     details=[field_error(kind, "is required",
-                                                          "missing_field")])
+                    raise BadRequest.for_field(
+                        kind, "is required",
+                        f"type {kind} needs its parameters in the {kind} field",
+                        detail_code="missing_field")
                 if kind == "screenshot":
                     closing_shot = (_shot_request(params), parse_wait(params.get("wait")))
                 else:
@@ -293,8 +296,8 @@ class Computer:
                 raise _in_batch(exc, index, kind) from None
         final_wait = parse_wait(wait)
         if final_wait is not None and not prepared:
-            raise BadRequest("wait needs an input action to follow",
-                             details=[field_error("wait", "the batch has no input action")])
+            raise BadRequest.for_field(
+                "wait", "the batch has no input action", "wait needs an input action to follow")
         if final_wait is not None:
             last = prepared[-1]
             prepared[-1] = Action(last.kind, last.run, last.points, last.hides_cursor,

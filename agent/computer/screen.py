@@ -205,8 +205,8 @@ def encode(image: Image.Image, fmt: str, quality: int | None, pool: Executor | N
     elif fmt == "webp":
         image.save(out, "WEBP", quality=q, method=0)
     else:
-        raise BadRequest(f"unsupported format {fmt!r}",
-                         details=[field_error("format", "must be png, jpeg or webp")])
+        raise BadRequest.for_field(
+            "format", "must be png, jpeg or webp", f"unsupported format {fmt!r}")
     return out.getvalue()
 
 
@@ -234,8 +234,9 @@ def target_size(source: tuple[int, int], width: int | None,
         return None
     sw, sh = source
     if width < 1 or height < 1:
-        raise BadRequest("scale_to: width and height must be at least 1",
-                         details=[field_error("scale_to", "width and height must be at least 1")])
+        raise BadRequest.for_field(
+            "scale_to", "width and height must be at least 1",
+            "scale_to: width and height must be at least 1")
     factor = min(width / sw, height / sh)
     if factor >= 1.0:
         return None

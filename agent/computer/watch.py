@@ -39,7 +39,7 @@ from Xlib import display as xdisplay
 from Xlib.ext import damage
 
 from agent.computer.display import CONNECTION_ERRORS, close_quietly, open_with
-from agent.errors import BadRequest, DisplayUnavailable, field_error
+from agent.errors import BadRequest, DisplayUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +89,9 @@ def _bounded(raw: Mapping[str, Any], name: str, low: int, high: int, default: in
     if value is None:
         return default
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise BadRequest(f"wait.{name} must be an integer from {low} to {high}",
-                         details=[field_error(f"wait.{name}", f"must be from {low} to {high}")])
+        raise BadRequest.for_field(
+            f"wait.{name}", f"must be from {low} to {high}",
+            f"wait.{name} must be an integer from {low} to {high}")
     return value
 
 
@@ -99,12 +100,10 @@ def parse_wait(raw: Any) -> WaitSpec | None:
     if raw is None:
         return None
     if not isinstance(raw, Mapping):
-        raise BadRequest("wait must be an object",
-                         details=[field_error("wait", "must be an object")])
+        raise BadRequest.for_field("wait", "must be an object")
     kind = raw.get("for")
     if kind not in WAIT_FOR:
-        raise BadRequest("wait.for must be change or settle",
-                         details=[field_error("wait.for", "must be change or settle")])
+        raise BadRequest.for_field("wait.for", "must be change or settle")
     settle = _bounded(raw, "settle_ms", 1, MAX_SETTLE_MS, DEFAULT_SETTLE_MS)
     timeout = _bounded(raw, "timeout_ms", 0, MAX_TIMEOUT_MS, DEFAULT_TIMEOUT_MS)
     return WaitSpec(str(kind), settle, timeout)

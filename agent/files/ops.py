@@ -33,7 +33,6 @@ from agent.errors import (
     BadRequest,
     Conflict,
     Forbidden,
-    field_error,
 )
 from agent.identity import RESOLVE_NO_SYMLINKS, FsUser, acting_as_root, open_path, run_as
 from agent.osutil import (
@@ -69,11 +68,12 @@ def parse_mode(text: str | None, field: str = "mode") -> int | None:
     try:
         mode = int(text, 8)
     except ValueError:
-        raise BadRequest(f"{field} must be an octal string such as 644",
-                         details=[field_error(field, "must be 3 or 4 octal digits")]) from None
+        raise BadRequest.for_field(
+            field, "must be 3 or 4 octal digits",
+            f"{field} must be an octal string such as 644") from None
     if not 0 <= mode <= 0o7777:
-        raise BadRequest(f"{field} out of range: {text}",
-                         details=[field_error(field, "must be between 000 and 7777")])
+        raise BadRequest.for_field(
+            field, "must be between 000 and 7777", f"{field} out of range: {text}")
     return mode
 
 
@@ -95,15 +95,14 @@ def _resolve_id(text: str, field: str, lookup: Any) -> int:
     if text.isdigit():
         value = int(text)
         if value >= 0xFFFFFFFF:
-            raise BadRequest(f"{field} id out of range: {text}",
-                             details=[field_error(field, "id out of range")])
+            raise BadRequest.for_field(
+                field, "id out of range", f"{field} id out of range: {text}")
         return value
     try:
         return int(lookup(text))
     except (KeyError, ValueError, UnicodeEncodeError):
         kind = "user" if field == "owner" else "group"
-        raise BadRequest(f"no such {kind}: {text!r}",
-                         details=[field_error(field, f"no such {kind}")]) from None
+        raise BadRequest.for_field(field, f"no such {kind}", f"no such {kind}: {text!r}") from None
 
 
 # ---------------------------------------------------------------- describing files

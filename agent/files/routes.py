@@ -288,8 +288,9 @@ async def _part_chunks(part: BodyPartReader, field: str, stall: float) -> AsyncI
     except AgentError:
         raise
     except Exception as exc:
-        raise BadRequest(f"{field}: the upload ended early: {exc or type(exc).__name__}",
-                         details=[field_error(field, "incomplete")]) from None
+        raise BadRequest.for_field(
+            field, "incomplete",
+            f"{field}: the upload ended early: {exc or type(exc).__name__}") from None
 
 
 async def _text_field(part: BodyPartReader, field: str, stall: float) -> str:
@@ -297,12 +298,11 @@ async def _text_field(part: BodyPartReader, field: str, stall: float) -> str:
     async for chunk in _part_chunks(part, field, stall):
         data += chunk
         if len(data) > MAX_TEXT_FIELD:
-            raise BadRequest(f"{field} is too long", details=[field_error(field, "too long")])
+            raise BadRequest.for_field(field, "too long", f"{field} is too long")
     try:
         return data.decode("utf-8").strip()
     except UnicodeDecodeError:
-        raise BadRequest(f"{field} is not UTF-8 text",
-                         details=[field_error(field, "is not UTF-8 text")]) from None
+        raise BadRequest.for_field(field, "is not UTF-8 text") from None
 
 
 async def _stage_near(fs: FsUser, dest: str | None, chunks: AsyncIterator[bytes]) -> str:
@@ -345,19 +345,17 @@ async def upload(request: web.Request) -> web.Response:
             label = f"files[{index}].{kind}"
             if kind == "dest_path":
                 if entry.dest is not None:
-                    raise BadRequest(f"{label} given twice", details=[field_error(label,
-                                                                                  "given twice")])
+                    raise BadRequest.for_field(label, "given twice")
                 entry.dest = osutil.check_path(await _text_field(part, label, stall), label)
             else:
                 if entry.staged is not None:
-                    raise BadRequest(f"{label} given twice", details=[field_error(label,
-                                                                                  "given twice")])
+                    raise BadRequest.for_field(label, "given twice")
                 with _about(f"files[{index}].dest_path"):
                     entry.staged = await _stage_near(_fs(request), entry.dest,
                                                      _part_chunks(part, label, stall))
         if not uploads:
-            raise BadRequest("no files in the upload",
-                             details=[field_error("files", "is required", "missing_field")])
+            raise BadRequest.for_field(
+                "files", "is required", "no files in the upload", detail_code="missing_field")
         missing = [field_error(f"files[{i}].{kind}", "is required", "missing_field")
                    for i, entry in sorted(uploads.items())
                    for kind, value in (("file", entry.staged), ("dest_path", entry.dest))
@@ -369,8 +367,9 @@ async def upload(request: web.Request) -> web.Response:
             assert entry.dest is not None
             if entry.dest in targets:
                 label = f"files[{index}].dest_path"
-                raise BadRequest(f"{label}: same destination as files[{targets[entry.dest]}]",
-                                 details=[field_error(label, "duplicate destination")])
+                raise BadRequest.for_field(
+                    label, "duplicate destination",
+                    f"{label}: same destination as files[{targets[entry.dest]}]")
             targets[entry.dest] = index
             with _about(f"files[{index}].dest_path"):
                 await _fs(request).run(ops.check_placeable, entry.dest)
@@ -409,11 +408,11 @@ async def upload_zip(request: web.Request) -> web.Response:
                 staged = await _stage_near(_fs(request), dest,
                                            _part_chunks(part, "zip_file", stall))
             else:
-                raise BadRequest(f"unexpected form field {part.name!r} (expected zip_file "
-                                 "and dest_path, once each)",
-                                 details=[field_error(part.name or "(unnamed)",
-                                                      "unexpected form field",
-                                                      "unknown_field")])
+                raise BadRequest.for_field(
+                    part.name or "(unnamed)", "unexpected form field",
+                    f"unexpected form field {part.name!r} "
+                    "(expected zip_file and dest_path, once each)",
+                    detail_code="unknown_field")
         missing = [field_error(name, "is required", "missing_field")
                    for name, value in (("zip_file", staged), ("dest_path", dest))
                    if value is None]

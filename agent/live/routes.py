@@ -15,7 +15,7 @@ from aiohttp import WSMsgType, web
 from agent.appkeys import SESSIONS, SETTINGS
 from agent.auth import SCOPE_KEY, bearer_token, has_scope
 from agent.computer.routes import COMPUTER
-from agent.errors import AgentError, BadRequest, Forbidden, field_error
+from agent.errors import AgentError, BadRequest, Forbidden
 from agent.live.control import InputForwarder, parse
 from agent.live.stream import LiveHub
 from agent.sessions import (
@@ -56,8 +56,9 @@ async def create_link(request: web.Request) -> web.Response:
     granted = request.get(SCOPE_KEY, "read")
     scope = body.get("scope") or ("read" if granted == "read" else "write")
     if not has_scope(granted, scope):
-        raise Forbidden(f"a {scope} link needs the {scope} scope; this caller has {granted}",
-                        details=[field_error("scope", f"must not exceed {granted}")])
+        raise Forbidden.for_field(
+            "scope", f"must not exceed {granted}",
+            f"a {scope} link needs the {scope} scope; this caller has {granted}")
     expires_in = int(body.get("expires_in_s") or LINK_TTL_DEFAULT_S)
     session_ttl = int(body.get("session_expires_in_s") or SESSION_TTL_DEFAULT_S)
     link = request.app[SESSIONS].mint(scope, str(body.get("path") or "/live"), expires_in,

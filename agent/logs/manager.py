@@ -11,7 +11,7 @@ from collections.abc import AsyncGenerator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
-from agent.errors import BadRequest, Forbidden, NotFound, ShuttingDown, field_error
+from agent.errors import BadRequest, Forbidden, NotFound, ShuttingDown
 from agent.identity import FsUser
 from agent.logs.tail import FileTailer
 from agent.streams import StreamEvent
@@ -35,12 +35,9 @@ def parse_tail(value: str | int | None) -> int | None:
         try:
             lines = int(value)
         except ValueError:
-            raise BadRequest("tail must be a number of lines or 'all'",
-                             details=[field_error("tail", "must be a number of lines or "
-                                                  "'all'")]) from None
+            raise BadRequest.for_field("tail", "must be a number of lines or 'all'") from None
     if lines < 0:
-        raise BadRequest("tail must not be negative",
-                         details=[field_error("tail", "must not be negative")])
+        raise BadRequest.for_field("tail", "must not be negative")
     return lines
 
 
@@ -78,25 +75,22 @@ class LogManager:
         lines = parse_tail(tail)
         if source == "path":
             if program is not None:
-                raise BadRequest("supervisor_process is only used with source=supervisor",
-                                 details=[field_error("supervisor_process",
-                                                      "is only used with source=supervisor")])
+                raise BadRequest.for_field(
+                    "supervisor_process", "is only used with source=supervisor")
             if path is None:
-                raise BadRequest("path is required when source is path",
-                                 details=[field_error("path", "is required when source is "
-                                                      "path", "missing_field")])
+                raise BadRequest.for_field(
+                    "path", "is required when source is path", detail_code="missing_field")
             return await self.open_path(path, tail=lines, follow=follow, as_user=True)
         if source == "supervisor":
             if path is not None:
-                raise BadRequest("path is only used with source=path",
-                                 details=[field_error("path", "is only used with source=path")])
+                raise BadRequest.for_field("path", "is only used with source=path")
             if not program:
-                raise BadRequest("supervisor_process is required when source is supervisor",
-                                 details=[field_error("supervisor_process", "is required when "
-                                                      "source is supervisor", "missing_field")])
+                raise BadRequest.for_field(
+                    "supervisor_process", "is required when source is supervisor",
+                    detail_code="missing_field")
             return await self.open_supervisor(program, tail=lines, follow=follow)
-        raise BadRequest(f"unknown log source {source!r}",
-                         details=[field_error("source", "must be path or supervisor")])
+        raise BadRequest.for_field(
+            "source", "must be path or supervisor", f"unknown log source {source!r}")
 
     async def open_path(self, path: str, *, tail: int | None, follow: bool,
                         as_user: bool = False) -> FileTailer:

@@ -31,7 +31,7 @@ from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import Executor, Future
 from typing import Any, TypeVar
 
-from agent.errors import AgentError, BadRequest, field_error
+from agent.errors import AgentError, BadRequest
 from agent.identity import open_path
 from agent.osutil import check_path, os_error
 
@@ -148,11 +148,11 @@ def open_log_file(path: str) -> tuple[int, os.stat_result]:
     try:
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
-            raise BadRequest(f"{path} is a directory, not a log file",
-                             details=[field_error("path", "is a directory")])
+            raise BadRequest.for_field(
+                "path", "is a directory", f"{path} is a directory, not a log file")
         if not stat.S_ISREG(st.st_mode):
-            raise BadRequest(f"{path} is not a regular file",
-                             details=[field_error("path", "is not a regular file")])
+            raise BadRequest.for_field(
+                "path", "is not a regular file", f"{path} is not a regular file")
     except BaseException:
         os.close(fd)
         raise

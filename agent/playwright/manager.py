@@ -27,7 +27,6 @@ from agent.errors import (
     NotFound,
     TooManyRequests,
     Unavailable,
-    field_error,
 )
 from agent.playwright.worker import CallResult, Runtime, Worker, identity_for, readable_by
 
@@ -228,7 +227,7 @@ class PlaywrightManager:
         if not NAME_RE.match(name):
             message = ("is 1-64 letters, digits, '.', '_' or '-', starting with a letter or "
                        "digit")
-            raise BadRequest(f"executor {message}", details=[field_error("executor", message)])
+            raise BadRequest.for_field("executor", message, f"executor {message}")
         named = len(self._executors) - 1
         if named >= self._settings.playwright_max_executors:
             raise Conflict(

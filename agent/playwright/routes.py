@@ -9,7 +9,7 @@ from aiohttp import web
 
 from agent.appkeys import SETTINGS
 from agent.browser.routes import CDP
-from agent.errors import BadRequest, field_error
+from agent.errors import BadRequest
 from agent.playwright.manager import PlaywrightManager
 from agent.slices import Lifecycle
 from agent.spec import request_json, request_query
@@ -52,8 +52,9 @@ def _cursor(raw: Any) -> int | None:
     try:
         return int(raw)
     except ValueError:
-        raise BadRequest("cursor is not one this list gave out",
-                         details=[field_error("cursor", "is not a cursor of this list")]) from None
+        raise BadRequest.for_field(
+            "cursor", "is not a cursor of this list",
+            "cursor is not one this list gave out") from None
 
 
 def setup(app: web.Application) -> Lifecycle:

@@ -21,7 +21,7 @@ import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from agent.errors import AgentError, BadRequest, Forbidden, Unavailable, field_error
+from agent.errors import AgentError, BadRequest, Forbidden, Unavailable
 from agent.processes.starter import Request, Started, Starter
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -63,8 +63,8 @@ class Launch:
 
 
 def _bad(field_name: str, message: str, code: str | None = None) -> BadRequest:
-    return BadRequest(f"{field_name}: {message}", details=[field_error(field_name, message)],
-                      code=code)
+    """This slice's messages read "<field>: <problem>" (problems name what was given)."""
+    return BadRequest.for_field(field_name, message, f"{field_name}: {message}", code=code)
 
 
 def identity_of(entry: pwd.struct_passwd, euid: int) -> Identity:

@@ -33,7 +33,6 @@ from agent.errors import (
     ShuttingDown,
     TooManyRequests,
     Unavailable,
-    field_error,
 )
 from agent.processes import pty
 from agent.processes.child import SIGNALS, Child, ExitStatus, live_sessions, terminate_all
@@ -346,8 +345,9 @@ class ProcessManager:
         try:
             key = str(uuid.UUID(process_id))
         except ValueError:
-            raise BadRequest(f"process_id must be a UUID, got {process_id!r}",
-                             details=[field_error("process_id", "must be a UUID")]) from None
+            raise BadRequest.for_field(
+                "process_id", "must be a UUID",
+                f"process_id must be a UUID, got {process_id!r}") from None
         proc = self._procs.get(key)
         if proc is None:
             raise NotFound(f"no such process: {key} (never spawned, or forgotten after exit)")

@@ -15,7 +15,7 @@ from aiohttp import WSMsgType, web
 from agent import sse
 from agent.appkeys import SETTINGS
 from agent.auth import require_scope
-from agent.errors import AgentError, BadRequest, field_error
+from agent.errors import AgentError, BadRequest
 from agent.processes.launch import Command
 from agent.processes.manager import ManagedProcess, ProcessManager, TtySize
 from agent.processes.output import Chunk, Exited, Missed, stream_events
@@ -65,8 +65,7 @@ def _decode_b64(value: str, field: str) -> bytes:
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
-        raise BadRequest(f"{field} is not valid base64",
-                         details=[field_error(field, "is not valid base64")]) from None
+        raise BadRequest.for_field(field, "is not valid base64") from None
 
 
 @routes.post("/process/exec")
@@ -137,8 +136,7 @@ def _int_field(message: dict[str, Any], name: str) -> int:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65535:
-        raise BadRequest(f"{name} must be an integer from 1 to 65535",
-                         details=[field_error(name, "must be an integer from 1 to 65535")])
+        raise BadRequest.for_field(name, "must be an integer from 1 to 65535")
     return value
 
 
@@ -158,8 +156,9 @@ async def _control(proc: ManagedProcess, text: str) -> None:
     elif kind == "signal":
         name = message.get("signal")
         if name not in ("TERM", "KILL", "INT", "HUP"):
-            raise BadRequest("signal must be one of TERM, KILL, INT, HUP",
-                             details=[field_error("signal", "must be TERM, KILL, INT or HUP")])
+            raise BadRequest.for_field(
+                "signal", "must be TERM, KILL, INT or HUP",
+                "signal must be one of TERM, KILL, INT, HUP")
         proc.send_signal(name)
     else:
         raise BadRequest(f"unknown control message type {kind!r} (resize, eof, signal)")

@@ -28,7 +28,7 @@ from typing import Any
 
 from agent.aio import run_to_end
 from agent.config import Settings
-from agent.errors import BadRequest, Conflict, NotFound, ShuttingDown, Unavailable, field_error
+from agent.errors import BadRequest, Conflict, NotFound, ShuttingDown, Unavailable
 from agent.replays.recorder import (
     DONE,
     FAILED,
@@ -84,8 +84,9 @@ def _after_cursor(cursor: str) -> tuple[float, str]:
         started, replay_id = json.loads(raw)
         return float(started), str(replay_id)
     except (ValueError, TypeError, binascii.Error):
-        raise BadRequest("cursor: not a cursor this endpoint returned",
-                         details=[field_error("cursor", "is not a valid cursor")]) from None
+        raise BadRequest.for_field(
+            "cursor", "is not a valid cursor",
+            "cursor: not a cursor this endpoint returned") from None
 
 
 class ReplayManager:
@@ -203,16 +204,16 @@ class ReplayManager:
         if self._closed:
             raise ShuttingDown("the daemon is shutting down")
         if record_audio:
-            raise BadRequest("record_audio: this display has no audio to record",
-                             details=[field_error("record_audio", "must be false: no audio "
-                                                  "source", "unsupported")])
+            raise BadRequest.for_field(
+                "record_audio", "must be false: no audio source",
+                "record_audio: this display has no audio to record", detail_code="unsupported")
         limit = self.settings.replay_max_duration_s
         if max_duration_s is None:
             max_duration_s = limit
         elif max_duration_s > limit:
-            raise BadRequest(
-                f"max_duration_in_seconds: at most {limit} on this daemon",
-                details=[field_error("max_duration_in_seconds", f"must be at most {limit}")])
+            raise BadRequest.for_field(
+                "max_duration_in_seconds", f"must be at most {limit}",
+                f"max_duration_in_seconds: at most {limit} on this daemon")
         if len(self._running) >= self.settings.replays_max_active:
             raise Conflict(f"{self.settings.replays_max_active} recordings are already "
                            "running; stop one first",

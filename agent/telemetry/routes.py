@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from agent.appkeys import SETTINGS
-from agent.errors import BadRequest, field_error
+from agent.errors import BadRequest
 from agent.slices import Lifecycle
 from agent.spec import request_json, request_query
 from agent.sse import SSEWriter, last_event_id
@@ -38,8 +38,9 @@ def _set(params: dict[str, Any], name: str) -> frozenset[str]:
     checked against the spec by request_query)."""
     values = frozenset(str(value).strip() for value in params.get(name, []))
     if len(values) > MAX_FILTERS or any(len(value) > MAX_NAME for value in values):
-        raise BadRequest(f"{name}: at most {MAX_FILTERS} names of at most {MAX_NAME} "
-                         "characters", details=[field_error(name, "too many or too long")])
+        raise BadRequest.for_field(
+            name, "too many or too long",
+            f"{name}: at most {MAX_FILTERS} names of at most {MAX_NAME} characters")
     return values
 
 
@@ -47,15 +48,16 @@ def _instant(name: str, text: str, now_us: int) -> int:
     """An RFC 3339 timestamp, or a duration like `5m` meaning that long ago (Unix µs)."""
     text = text.strip()
     if len(text) > MAX_INSTANT:
-        raise BadRequest(f"{name} is too long", details=[field_error(name, "too long")])
+        raise BadRequest.for_field(name, "too long", f"{name} is too long")
     pieces = _DURATION.findall(text)
     if pieces and "".join(n + u for n, u in pieces) == text:
         return now_us - round(sum(float(n) * _UNITS_US[u] for n, u in pieces))
     try:
         when = datetime.fromisoformat(text)
     except ValueError:
-        raise BadRequest(f"{name} must be an RFC 3339 timestamp or a duration like 5m",
-                         details=[field_error(name, "not a timestamp or duration")]) from None
+        raise BadRequest.for_field(
+            name, "not a timestamp or duration",
+            f"{name} must be an RFC 3339 timestamp or a duration like 5m") from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return round(when.timestamp() * 1_000_000)
@@ -119,8 +121,8 @@ async def events(request: web.Request) -> web.Response:
     now_us = time.time_ns() // 1000
     order = params.get("order", "asc")
     if order == "desc" and "since" in params:
-        raise BadRequest("order=desc cannot be combined with since",
-                         details=[field_error("since", "not allowed with order=desc")])
+        raise BadRequest.for_field(
+            "since", "not allowed with order=desc", "order=desc cannot be combined with since")
     offset = params.get("offset")
     since = params.get("since")
     until = params.get("until")
