@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 import urllib.request
@@ -33,11 +31,8 @@ import websockets
 from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from helpers import free_port, running_chromium, running_xvfb, wait_until
-from process_helpers import browser_user_env
-
-TOKEN = "bench-token-0123456789"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
+from helpers import free_port, running_chromium, running_xvfb
+from launcher import AUTH, devtools_ok, running_daemon
 
 
 async def timed_pair(first: Callable[[], Awaitable[Any]],
@@ -167,32 +162,12 @@ def main() -> int:
     args = parser.parse_args()
     with running_xvfb(1280, 800) as display, \
             running_chromium(display.name, 1280, 800) as chromium:
-        port, proxy_port = free_port(), free_port()
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "agent", "--port", str(port), "--host", "127.0.0.1",
-             "--rate-limits", "false",  # measured flat out: no limits
-             "--display", display.name, "--cdp-address", chromium.address,
-             "--api-token", TOKEN, "--cdp-proxy-port", str(proxy_port),
-             "--cdp-proxy-host", "127.0.0.1", "--log-level", "warning"],
-            cwd=Path(__file__).resolve().parent.parent,
-            env={**os.environ, **browser_user_env()},
-        )
-        base = f"http://127.0.0.1:{port}"
-
-        def healthy() -> bool:
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2) as resp:
-                    return bool(json.loads(resp.read())["devtools"]["ok"])
-            except OSError:
-                return False
-
-        try:
-            wait_until(healthy, timeout=30, what="the daemon and its DevTools connection")
-            ok = asyncio.run(bench(args.rounds, base, f"127.0.0.1:{proxy_port}",
+        proxy_port = free_port()
+        with running_daemon("--display", display.name, "--cdp-address", chromium.address,
+                            "--cdp-proxy-port", str(proxy_port),
+                            "--cdp-proxy-host", "127.0.0.1", ready=devtools_ok) as daemon:
+            ok = asyncio.run(bench(args.rounds, daemon.base, f"127.0.0.1:{proxy_port}",
                                    chromium.address))
-        finally:
-            daemon.terminate()
-            daemon.wait(30)
     return 0 if ok else 1
 
 

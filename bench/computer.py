@@ -37,11 +37,10 @@ import psutil
 from websockets.sync.client import connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from helpers import free_port, running_chromium, running_xvfb, wait_until
-from process_helpers import browser_user_env
+from helpers import running_chromium, running_xvfb, wait_until
+from launcher import TOKEN, running_daemon
 from results import record
 
-TOKEN = "bench-token-0123456789"
 WIDTH, HEIGHT = 1920, 1080
 
 PAGE = """<!doctype html><meta charset=utf-8>
@@ -113,33 +112,8 @@ class Page:
 
 @contextmanager
 def daemon(display: str) -> Iterator[tuple[int, int]]:
-    port = free_port()
-    root = Path(__file__).resolve().parent.parent
-    proc = subprocess.Popen(
-        [str(root / ".venv" / "bin" / "python"), "-m", "agent", "--display", display,
-         "--rate-limits", "false",  # measured flat out: no limits
-         "--port", str(port), "--api-token", TOKEN, "--host", "127.0.0.1",
-         "--cdp-proxy-port", "0", "--log-level", "warning"],
-        cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        env={**os.environ, **browser_user_env()},
-    )
-    try:
-        def healthy() -> bool:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                conn.request("GET", "/health")
-                return conn.getresponse().status in (200, 503)
-            except OSError:
-                return False
-        wait_until(healthy, timeout=20, what="the daemon to answer")
-        yield port, proc.pid
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with running_daemon("--display", display) as started:
+        yield started.port, started.pid
 
 
 def timed(fn: Callable[[], object]) -> float:

@@ -37,11 +37,9 @@ import aiohttp
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from helpers import free_port, wait_until
-from process_helpers import browser_user, browser_user_env
+from launcher import AUTH, TOKEN, running_daemon
+from process_helpers import browser_user
 
-TOKEN = "bench-token-0123456789"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
 MIB = 1 << 20
 
 
@@ -71,31 +69,8 @@ class PeakRSS:
 
 @contextmanager
 def daemon(workdir: Path) -> Iterator[tuple[str, int]]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "agent", "--port", str(port), "--api-token", TOKEN,
-         "--rate-limits", "false",  # measured flat out: no limits
-         "--cdp-proxy-port", "0", "--log-level", "warning"],
-        cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        env={**os.environ, **browser_user_env()},  # file operations act as that user
-    )
-    base = f"http://127.0.0.1:{port}"
-
-    def answers() -> bool:
-        if proc.poll() is not None:
-            raise RuntimeError("the daemon exited")
-        try:
-            with urllib.request.urlopen(base + "/spec.json", timeout=2):
-                return True
-        except OSError:
-            return False
-
-    try:
-        wait_until(answers, timeout=30, what="the daemon to answer")
-        yield base, proc.pid
-    finally:
-        proc.terminate()
-        proc.wait(30)
+    with running_daemon(cwd=workdir) as started:
+        yield started.base, started.pid
 
 
 def timed_run(argv: list[str]) -> float:

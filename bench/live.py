@@ -28,8 +28,9 @@ import psutil
 from websockets.sync.client import connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from computer import TOKEN, Client, Page, daemon
+from computer import Client, Page, daemon
 from helpers import running_chromium, running_xvfb, wait_until
+from launcher import TOKEN
 
 WIDTH, HEIGHT = 1920, 1080
 BUTTON = (400, 300)  # screen point of the page's button (kiosk: page = screen)

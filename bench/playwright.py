@@ -18,10 +18,8 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -29,14 +27,13 @@ from typing import Any
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from helpers import free_port, running_chromium, running_xvfb, wait_until
+from helpers import running_chromium, running_xvfb
+from launcher import AUTH, running_daemon
 from playwright_support import runtime_dir_for
 from process_helpers import ensure_user
 
 REPO = Path(__file__).resolve().parent.parent
 
-TOKEN = "bench-token-0123456789"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
 RUNTIME = REPO / "agent" / "playwright" / "runtime"
 
 # One fresh process per call: load, connect, pick the page, run, disconnect.
@@ -126,29 +123,12 @@ def main() -> None:
         sys.exit("playwright-core is not installed: make playwright-deps")
     user = ensure_user().pw_name if os.geteuid() == 0 else None
     with running_xvfb(1280, 800) as xvfb, running_chromium(xvfb.name, 1280, 800) as chromium:
-        port = free_port()
-        argv = [sys.executable, "-m", "agent", "--port", str(port), "--display", xvfb.name,
-                "--rate-limits", "false",  # measured flat out: no limits
-                "--cdp-address", chromium.address, "--api-token", TOKEN,
-                "--cdp-proxy-port", "0", "--log-level", "warning", "--playwright-prewarm", "1"]
+        daemon_args = ["--display", xvfb.name, "--cdp-address", chromium.address,
+                 "--playwright-prewarm", "1"]
         if user:
-            argv += ["--default-user", user, "--playwright-dir", runtime_dir_for(user)]
-        daemon = subprocess.Popen(argv, cwd=REPO)
-        try:
-            base = f"http://127.0.0.1:{port}"
-
-            def healthy() -> bool:
-                try:
-                    with urllib.request.urlopen(base + "/spec.json", timeout=2):
-                        return True
-                except OSError:
-                    return False
-
-            wait_until(healthy, timeout=30, what="the daemon")
-            asyncio.run(bench(base, chromium.address, args.rounds, args.fresh_rounds))
-        finally:
-            daemon.terminate()
-            daemon.wait(30)
+            daemon_args += ["--default-user", user, "--playwright-dir", runtime_dir_for(user)]
+        with running_daemon(*daemon_args, cwd=REPO) as daemon:
+            asyncio.run(bench(daemon.base, chromium.address, args.rounds, args.fresh_rounds))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ import hashlib
 import json
 import os
 import pwd
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,17 +40,8 @@ import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from process_helpers import browser_user, browser_user_env  # noqa: E402
-
-TOKEN = "bench-token-0123456789"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
+from launcher import AUTH, start_daemon  # noqa: E402
+from process_helpers import browser_user  # noqa: E402
 
 BALLAST = 500 << 20
 # A daemon that first makes `n` bytes resident: what a long-running daemon holds.
@@ -63,20 +53,14 @@ WITH_BALLAST = ("import sys; ballast = bytearray({n}); "
 class Daemon:
     def __init__(self, max_processes: int, ballast: int = 0,
                  default_user: str | None = None) -> None:
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self._log = tempfile.TemporaryFile()
-        start = ["-c", WITH_BALLAST.format(n=ballast)] if ballast else ["-m", "agent"]
+        python = ["-c", WITH_BALLAST.format(n=ballast)] if ballast else ["-m", "agent"]
         extra = ["--default-user", default_user] if default_user else []
-        self.proc = subprocess.Popen(
-            [sys.executable, *start, "--host", "127.0.0.1", "--port", str(self.port),
-             "--rate-limits", "false",  # measured flat out: no limits
-             "--api-token", TOKEN, "--log-level", "warning", "--cdp-proxy-port", "0",
-             "--max-processes", str(max_processes), "--max-streams", str(max_processes),
-             *extra],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self._log,
-            env={**os.environ, **browser_user_env()},
-        )
+        self._log = tempfile.TemporaryFile()
+        self.started = start_daemon(
+            "--max-processes", str(max_processes), "--max-streams", str(max_processes),
+            *extra, python=python, output=self._log)
+        self.proc = self.started.proc
+        self.base = self.started.base
         self.peak_rss = 0
         self._sampler: asyncio.Task[None] | None = None
 
@@ -107,12 +91,7 @@ class Daemon:
             self._sampler.cancel()
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        self.started.stop()
         self._log.close()
 
 

@@ -45,12 +45,11 @@ import psutil
 from agent.replays.recorder import record_argv
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from helpers import Chromium, free_port, running_chromium, running_xvfb, wait_until
-from process_helpers import browser_user_env
+from helpers import Chromium, running_chromium, running_xvfb
+from launcher import TOKEN, running_daemon
 
 ROOT = Path(__file__).resolve().parent.parent
 
-TOKEN = "bench-token-0123456789"
 WIDTH, HEIGHT = 1920, 1080
 
 # Text, cards and a moving, colour-changing band: something like a page being used, with a
@@ -118,29 +117,11 @@ class Api:
 
 @contextmanager
 def daemon(display: str, replays: str, log: Path) -> Iterator[tuple[psutil.Process, Api]]:
-    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_")}
-    env.update(browser_user_env())
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "agent", "--port", str(port), "--display", display,
-             "--rate-limits", "false",  # measured flat out: no limits
-             "--api-token", TOKEN, "--host", "127.0.0.1", "--cdp-proxy-port", "0",
-             "--replays-dir", replays, "--replays-max-active", "1"],
-            env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
-
-    def up() -> bool:
-        try:
-            return Api(port).call("GET", "/health")[0] in (200, 503)
-        except OSError:
-            return False
-
-    try:
-        wait_until(up, timeout=30, what="the daemon to listen")
-        yield psutil.Process(proc.pid), Api(port)
-    finally:
-        proc.terminate()
-        proc.wait(30)
+    with log.open("wb") as out, running_daemon(
+            "--display", display, "--replays-dir", replays, "--replays-max-active", "1",
+            "--log-level", "info", env=env, output=out) as started:
+        yield psutil.Process(started.pid), Api(started.port)
 
 
 def painted(chromium: Chromium) -> int:

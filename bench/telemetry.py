@@ -20,13 +20,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +32,9 @@ import websockets
 from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from helpers import free_port, running_chromium, running_xvfb, wait_until
-from process_helpers import browser_user_env
+from helpers import free_port, running_chromium, running_xvfb
+from launcher import AUTH, devtools_ok, running_daemon
 
-TOKEN = "bench-telemetry-token-0123456789"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
 CATEGORIES = ("console", "network", "page", "interaction")
 GIF = bytes.fromhex("47494638396101000100800000000000ffffff21f90401000000002c00000000"
                     "010001000002014400" "3b")
@@ -261,32 +256,10 @@ def main() -> None:
     with running_xvfb(1280, 800) as display, \
             running_chromium(display.name, 1280, 800) as chromium, \
             tempfile.TemporaryDirectory(prefix="bench-telemetry-") as state:
-        port = free_port()
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "agent", "--port", str(port), "--host", "127.0.0.1",
-             "--rate-limits", "false",  # measured flat out: no limits
-             "--display", display.name, "--cdp-address", chromium.address,
-             "--api-token", TOKEN, "--cdp-proxy-port", "0", "--log-level", "warning",
-             "--telemetry-dir", f"{state}/telemetry"],
-            cwd=Path(__file__).resolve().parent.parent,
-            env={**os.environ, **browser_user_env()},
-        )
-        base = f"http://127.0.0.1:{port}"
-
-        def healthy() -> bool:
-            request = urllib.request.Request(f"{base}/health", headers=AUTH)
-            try:
-                with urllib.request.urlopen(request, timeout=2) as resp:
-                    return bool(json.loads(resp.read())["devtools"]["ok"])
-            except OSError:
-                return False
-
-        try:
-            wait_until(healthy, timeout=30, what="the daemon and its DevTools connection")
-            asyncio.run(bench(args.rounds, base, chromium.address))
-        finally:
-            daemon.terminate()
-            daemon.wait(30)
+        with running_daemon("--display", display.name, "--cdp-address", chromium.address,
+                            "--telemetry-dir", f"{state}/telemetry",
+                            ready=devtools_ok) as daemon:
+            asyncio.run(bench(args.rounds, daemon.base, chromium.address))
 
 
 if __name__ == "__main__":
