@@ -1,19 +1,14 @@
-"""Filesystem operations behind /fs/*: checked paths, OS errors mapped to the daemon's
-error model, `FileInfo` records, and atomic writes.
-
-Every write lands in a temporary file first and is renamed into place, so a reader never
-sees half a file, an aborted upload leaves the old file untouched, and two concurrent
-writers of one path never interleave (the last rename wins whole).
+"""Filesystem operations behind /fs/* other than listing and writing: modes and owners
+from requests, directories, moves (no-replace renames, across filesystems too),
+permissions, and opening files for reading.
 
 The routes run these functions in the threads of `agent.identity.FsUser`, which act as
-the browser user: what is created belongs to that user (so Chromium can use uploads), and
-whatever that user may not touch, the kernel refuses (a 403 naming the path). `Owner`
-(files created as root handed to a user) serves callers acting as root.
+the browser user: whatever that user may not touch, the kernel refuses (a 403 naming the
+path). `Owner` (files created as root handed to a user) serves callers acting as root.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ctypes
 import errno
@@ -24,38 +19,29 @@ import pwd
 import shutil
 import stat
 import tempfile
-from collections.abc import AsyncIterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from agent.errors import (
     BadRequest,
     Conflict,
-    Forbidden,
 )
-from agent.identity import RESOLVE_NO_SYMLINKS, FsUser, acting_as_root, open_path, run_as
+from agent.identity import RESOLVE_NO_SYMLINKS, open_path
 from agent.osutil import (
     Owner,
-    chown,
-    existing_ancestor,
     libc,
     make_dirs,
     mapped,
     os_error,
     shown,
 )
-from agent.paging import Page, paginate
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
-WRITE_BATCH = 1 << 20  # bytes gathered before one writev() in a worker thread
-IOV_MAX = 1024
+SETID_BITS = 0o6000
+# Temporary entries beside a target (uploads, moves across filesystems): never listed.
 STAGING_PREFIX = ".agent-upload-"
 STAGING_SUFFIX = ".part"
-SETID_BITS = 0o6000
 
 
 # ---------------------------------------------------------------- paths and errors
@@ -103,72 +89,6 @@ def _resolve_id(text: str, field: str, lookup: Any) -> int:
     except (KeyError, ValueError, UnicodeEncodeError):
         kind = "user" if field == "owner" else "group"
         raise BadRequest.for_field(field, f"no such {kind}", f"no such {kind}: {text!r}") from None
-
-
-# ---------------------------------------------------------------- describing files
-
-
-def _mod_time(st: os.stat_result) -> str:
-    stamp = datetime.fromtimestamp(st.st_mtime, UTC)
-    return stamp.isoformat().replace("+00:00", "Z")
-
-
-def describe(path: str, st: os.stat_result, name: str | None = None) -> dict[str, Any]:
-    """A `FileInfo`; symlinks are described as links (with their target), not followed."""
-    is_dir = stat.S_ISDIR(st.st_mode)
-    info: dict[str, Any] = {
-        "name": shown(name if name is not None else os.path.basename(path.rstrip("/")) or "/"),
-        "path": shown(path),
-        "size_bytes": 0 if is_dir else st.st_size,
-        "is_dir": is_dir,
-        "mod_time": _mod_time(st),
-        "mode": stat.filemode(st.st_mode),
-    }
-    if stat.S_ISLNK(st.st_mode):
-        with contextlib.suppress(OSError):
-            info["link_target"] = shown(os.readlink(path))
-    return info
-
-
-def refuse_own_proc(path: str) -> None:
-    """The daemon's own /proc entries are not served: its threads may list the file
-    descriptors of their own process whoever they act as (the kernel allows a process
-    its own), which would name the files other requests have open."""
-    own = f"/proc/{os.getpid()}"
-    for real in (os.path.realpath(path), os.path.realpath(os.path.dirname(path) or "/")):
-        if real == own or real.startswith(own + "/"):
-            raise Forbidden(f"permission denied: {shown(path)} is the daemon's own process")
-
-
-def file_info(path: str) -> dict[str, Any]:
-    with mapped(path, "stat"):
-        refuse_own_proc(path)
-        return describe(path, os.lstat(path))
-
-
-def list_files(path: str) -> list[dict[str, Any]]:
-    return list_page(path, None, None).items
-
-
-def list_page(path: str, limit: int | None, cursor: str | None) -> Page[dict[str, Any]]:
-    """Entries in name order, `limit` of them after `cursor` (all when None). Only the
-    names are read for the whole directory; only the page's entries are stat'ed."""
-    with mapped(path, "list"):
-        refuse_own_proc(path)
-        st = os.stat(path)
-        if not stat.S_ISDIR(st.st_mode):
-            raise BadRequest(f"not a directory: {shown(path)} (use file_info for files)")
-        names = sorted(os.listdir(path))
-        page = paginate(names, key=str, limit=limit, cursor=cursor)
-        entries: list[dict[str, Any]] = []
-        for name in page.items:
-            full = os.path.join(path, name)
-            try:
-                entry_st = os.lstat(full)
-            except FileNotFoundError:
-                continue  # removed while listing
-            entries.append(describe(full, entry_st, name))
-    return Page(entries, page.next_cursor)
 
 
 # ---------------------------------------------------------------- directories
@@ -337,174 +257,3 @@ def open_for_read(path: str) -> OpenFile:
             raise
     etag = f'"{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}"'
     return OpenFile(handle, st.st_size, st.st_mtime, etag)
-
-
-# ---------------------------------------------------------------- atomic writes
-
-
-def staging_dir(dest: str) -> str:
-    """Where to stage a file bound for `dest`: beside it, or in its nearest existing
-    ancestor (missing parents are created only when the file is placed), so the final
-    rename stays on one file system."""
-    current, st, _ = existing_ancestor(os.path.dirname(dest.rstrip("/")) or "/")
-    if not stat.S_ISDIR(st.st_mode):
-        raise BadRequest(f"{shown(current)} is not a directory")
-    return current
-
-
-def _write_all(fd: int, chunks: list[bytes]) -> None:
-    """writev the received chunks as they are (no joining copy); finish a short write."""
-    total = sum(len(chunk) for chunk in chunks)
-    written = os.writev(fd, chunks) if chunks else 0
-    if written < total:
-        view = memoryview(b"".join(chunks))[written:]
-        while view:
-            view = view[os.write(fd, view):]
-
-
-def _discard(fd: int, path: str) -> None:
-    with contextlib.suppress(OSError):
-        os.close(fd)
-    with contextlib.suppress(OSError):
-        os.unlink(path)
-
-
-async def stage(chunks: AsyncIterable[bytes], directory: str,
-                fs: FsUser | None = None, dest: str | None = None) -> tuple[str, int]:
-    """Stream `chunks` into a new temporary file in `directory`; returns (path, size).
-
-    Disk writes run in worker threads, overlapping with receiving the next batch. On any
-    failure (including the client going away) the temporary file is removed."""
-    with mapped(dest, "write") if dest is not None else mapped(directory, "write to"):
-        fd, path = await run_as(
-            fs, tempfile.mkstemp, STAGING_SUFFIX, STAGING_PREFIX, directory)
-    loop = asyncio.get_running_loop()
-    pending: asyncio.Future[None] | None = None
-    batch: list[bytes] = []
-    batched = size = 0
-    try:
-        async for chunk in chunks:
-            batch.append(chunk)
-            batched += len(chunk)
-            if batched >= WRITE_BATCH or len(batch) >= IOV_MAX:
-                if pending is not None:
-                    await asyncio.shield(pending)
-                pending = loop.run_in_executor(None, _write_all, fd, batch)
-                size += batched
-                batch, batched = [], 0
-        if pending is not None:
-            await asyncio.shield(pending)
-        pending = loop.run_in_executor(None, _write_all, fd, batch)
-        size += batched
-        await asyncio.shield(pending)
-        os.close(fd)
-    except BaseException as exc:
-        if pending is not None and not pending.done():
-            # The worker still holds the descriptor: let it finish first.
-            with contextlib.suppress(BaseException):
-                await asyncio.shield(pending)
-        if pending is not None and not pending.done():  # cancelled while waiting
-            pending.add_done_callback(lambda _f: _discard(fd, path))
-        else:
-            _discard(fd, path)
-        if isinstance(exc, OSError):
-            raise os_error(exc, path, "write") from None
-        raise
-    return path, size
-
-
-def discard_staged(path: str) -> None:
-    with contextlib.suppress(OSError):
-        os.unlink(path)
-
-
-def write_target(dest: str) -> str:
-    """Writing to a symlink replaces the file it points to (as `>` in a shell would)."""
-    try:
-        if os.path.islink(dest):
-            return os.path.realpath(dest)
-    except OSError:
-        pass
-    return dest
-
-
-def check_placeable(dest: str) -> None:
-    """Fail early (before anything is placed) if `dest` can never receive a file."""
-    target = write_target(dest)
-    with mapped(target, "write"):
-        try:
-            st = os.stat(target)
-        except FileNotFoundError:
-            staging_dir(target)  # every existing ancestor must be a directory
-            return
-        if stat.S_ISDIR(st.st_mode):
-            raise BadRequest(f"is a directory: {shown(dest)}")
-
-
-def place(staged: str, dest: str, mode: int | None, owner: Owner | None) -> None:
-    """Rename a staged file into place. Missing parents are created (mode 755, owned by
-    `owner`). Replacing a file keeps its mode (less setuid/setgid) unless `mode` is given,
-    and, acting as root, its owner; a new file gets `mode` or 644 and belongs to `owner`
-    (or to the user acting)."""
-    target = write_target(dest)
-    with mapped(target, "write"):
-        try:
-            make_dirs(os.path.dirname(target) or "/", 0o755, owner)
-            try:
-                existing: os.stat_result | None = os.stat(target)
-            except FileNotFoundError:
-                existing = None
-            if existing is not None and stat.S_ISDIR(existing.st_mode):
-                raise BadRequest(f"is a directory: {shown(dest)}")
-            # A replaced file keeps its permissions but never setuid/setgid (as the
-            # kernel clears them when someone writes to a file): only an explicit
-            # `mode`, which needs the admin scope, sets those.
-            final_mode = mode if mode is not None else (
-                stat.S_IMODE(existing.st_mode) & ~SETID_BITS if existing is not None
-                else 0o644)
-            if existing is not None and acting_as_root():
-                os.chown(staged, existing.st_uid, existing.st_gid)
-            else:
-                chown(staged, owner)
-            os.chmod(staged, final_mode)
-            try:
-                os.replace(staged, target)
-            except OSError as exc:
-                if exc.errno != errno.EXDEV:
-                    raise
-                _place_across(staged, target)
-        except BaseException:
-            discard_staged(staged)
-            raise
-
-
-def _place_across(staged: str, target: str) -> None:
-    fd, copy = tempfile.mkstemp(prefix=STAGING_PREFIX, suffix=STAGING_SUFFIX,
-                                dir=os.path.dirname(target) or "/")
-    os.close(fd)
-    try:
-        shutil.copy2(staged, copy)
-        st = os.stat(staged)
-        if acting_as_root():
-            os.chown(copy, st.st_uid, st.st_gid)
-        os.chmod(copy, stat.S_IMODE(st.st_mode))
-        os.replace(copy, target)
-    except BaseException:
-        discard_staged(copy)
-        raise
-    os.unlink(staged)
-
-
-async def write_file(path: str, chunks: AsyncIterable[bytes], mode: int | None,
-                     owner: Owner | None, fs: FsUser | None = None) -> int:
-    """Stream a request body into `path` atomically; returns the bytes written."""
-    await run_as(fs, check_placeable, path)
-    with mapped(path, "write"):
-        directory = await run_as(fs, _staging_dir_of, path)
-    staged, size = await stage(chunks, directory, fs, path)
-    await run_as(fs, place, staged, path, mode, owner)
-    return size
-
-
-def _staging_dir_of(path: str) -> str:
-    return staging_dir(write_target(path))

@@ -33,7 +33,7 @@ from agent.appkeys import FS_USER, SETTINGS
 from agent.archives import extract_zip
 from agent.auth import require_scope
 from agent.errors import AgentError, BadRequest, PayloadTooLarge, field_error
-from agent.files import ops
+from agent.files import info, ops, staging
 from agent.files.archives import DirZip
 from agent.files.watches import WatchManager
 from agent.identity import FsUser
@@ -178,14 +178,14 @@ async def list_files(request: web.Request) -> web.Response:
 
 
 def _listing_json(path: str, limit: int, cursor: str | None) -> tuple[bytes, str | None]:
-    page = ops.list_page(path, limit, cursor)
+    page = info.list_page(path, limit, cursor)
     return json.dumps(page.items).encode(), page.next_cursor
 
 
 @routes.get("/fs/file_info")
 async def file_info(request: web.Request) -> web.Response:
     path = osutil.check_path(request_query(request)["path"])
-    return web.json_response(await _fs(request).run(ops.file_info, path))
+    return web.json_response(await _fs(request).run(info.file_info, path))
 
 
 # ---------------------------------------------------------------- changing files
@@ -196,7 +196,7 @@ async def write_file(request: web.Request) -> web.Response:
     query = request_query(request)
     path = osutil.check_path(query["path"])
     mode = _mode(request, query.get("mode"))
-    await ops.write_file(path, _body(request), mode, None, _fs(request))
+    await staging.write_file(path, _body(request), mode, None, _fs(request))
     return web.Response(status=201)
 
 
@@ -310,10 +310,10 @@ async def _stage_near(fs: FsUser, dest: str | None, chunks: AsyncIterator[bytes]
     temporary directory (moved, or copied across file systems, when placed)."""
     directory = tempfile.gettempdir()
     if dest is not None:
-        target = ops.write_target(dest)
+        target = staging.write_target(dest)
         with osutil.mapped(dest, "write"):
-            directory = await fs.run(ops.staging_dir, target)
-    staged, _size = await ops.stage(chunks, directory, fs, dest)
+            directory = await fs.run(staging.staging_dir, target)
+    staged, _size = await staging.stage(chunks, directory, fs, dest)
     return staged
 
 
@@ -327,7 +327,7 @@ def _place_all(uploads: dict[int, _Upload], owner: osutil.Owner | None) -> None:
     for index, entry in sorted(uploads.items()):
         assert entry.staged is not None and entry.dest is not None
         with _about(f"files[{index}].dest_path"):
-            ops.place(entry.staged, entry.dest, None, owner)
+            staging.place(entry.staged, entry.dest, None, owner)
         entry.staged = None
 
 
@@ -372,13 +372,13 @@ async def upload(request: web.Request) -> web.Response:
                     f"{label}: same destination as files[{targets[entry.dest]}]")
             targets[entry.dest] = index
             with _about(f"files[{index}].dest_path"):
-                await _fs(request).run(ops.check_placeable, entry.dest)
+                await _fs(request).run(staging.check_placeable, entry.dest)
         # No upload is left half placed; staged files are discarded only after.
         await run_to_end(_fs(request).run(_place_all, uploads, None))
     finally:
         for entry in uploads.values():
             if entry.staged is not None:
-                await _fs(request).run(ops.discard_staged, entry.staged)
+                await _fs(request).run(staging.discard_staged, entry.staged)
     return web.Response(status=201)
 
 
@@ -423,7 +423,7 @@ async def upload_zip(request: web.Request) -> web.Response:
                                           settings.zip_max_entries, settings.zip_max_bytes))
     finally:
         if staged is not None:
-            await _fs(request).run(ops.discard_staged, staged)
+            await _fs(request).run(staging.discard_staged, staged)
     return web.Response(status=201)
 
 

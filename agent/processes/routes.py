@@ -17,8 +17,9 @@ from agent.appkeys import SETTINGS
 from agent.auth import require_scope
 from agent.errors import AgentError, BadRequest
 from agent.processes.launch import Command
-from agent.processes.manager import ManagedProcess, ProcessManager, TtySize
+from agent.processes.manager import ProcessManager
 from agent.processes.output import Chunk, Exited, Missed, stream_events
+from agent.processes.process import ManagedProcess, TtySize
 from agent.processes.pty import DEFAULT_COLS, DEFAULT_ROWS
 from agent.slices import Lifecycle
 from agent.spec import request_json

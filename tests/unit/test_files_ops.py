@@ -14,7 +14,8 @@ import pytest
 
 from agent import osutil
 from agent.errors import BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge
-from agent.files import ops
+from agent.files import info as fileinfo
+from agent.files import ops, staging
 from agent.ranges import RangeNotSatisfiable, byte_range
 
 
@@ -59,17 +60,17 @@ def test_file_info_of_file_directory_and_symlink(tmp_path: Path) -> None:
     os.chmod(tmp_path / "f.txt", 0o640)
     (tmp_path / "d").mkdir()
     (tmp_path / "loop").symlink_to(tmp_path / "loop")  # a link to itself
-    info = ops.file_info(str(tmp_path / "f.txt"))
+    info = fileinfo.file_info(str(tmp_path / "f.txt"))
     assert info["name"] == "f.txt" and info["path"] == str(tmp_path / "f.txt")
     assert info["size_bytes"] == 5 and info["is_dir"] is False and info["mode"] == "-rw-r-----"
     assert info["mod_time"].endswith("Z") and "T" in info["mod_time"]
-    directory = ops.file_info(str(tmp_path / "d"))
+    directory = fileinfo.file_info(str(tmp_path / "d"))
     assert directory["is_dir"] is True and directory["size_bytes"] == 0
     assert directory["mode"].startswith("d")
-    link = ops.file_info(str(tmp_path / "loop"))
+    link = fileinfo.file_info(str(tmp_path / "loop"))
     assert link["mode"].startswith("l") and link["link_target"] == str(tmp_path / "loop")
     with pytest.raises(NotFound):
-        ops.file_info(str(tmp_path / "missing"))
+        fileinfo.file_info(str(tmp_path / "missing"))
 
 
 def test_list_files_sorted_and_describes_links(tmp_path: Path) -> None:
@@ -77,12 +78,12 @@ def test_list_files_sorted_and_describes_links(tmp_path: Path) -> None:
         (tmp_path / name).write_text(name)
     (tmp_path / "sub").mkdir()
     (tmp_path / "up").symlink_to("..")
-    names = [e["name"] for e in ops.list_files(str(tmp_path))]
+    names = [e["name"] for e in fileinfo.list_files(str(tmp_path))]
     assert names == ["a", "b", "c", "sub", "up"]
-    up = next(e for e in ops.list_files(str(tmp_path)) if e["name"] == "up")
+    up = next(e for e in fileinfo.list_files(str(tmp_path)) if e["name"] == "up")
     assert up["is_dir"] is False and up["link_target"] == ".."
     with pytest.raises(BadRequest, match="not a directory"):
-        ops.list_files(str(tmp_path / "a"))
+        fileinfo.list_files(str(tmp_path / "a"))
 
 
 def test_byte_range() -> None:
@@ -125,14 +126,14 @@ async def _chunks(*parts: bytes, fail_after: int | None = None) -> AsyncIterator
 
 async def test_write_file_replaces_atomically_and_keeps_mode(tmp_path: Path) -> None:
     target = tmp_path / "out.bin"
-    big = os.urandom(3 * ops.WRITE_BATCH + 17)
-    size = await ops.write_file(str(target), _chunks(big[:1000], big[1000:]), None, None)
+    big = os.urandom(3 * staging.WRITE_BATCH + 17)
+    size = await staging.write_file(str(target), _chunks(big[:1000], big[1000:]), None, None)
     assert size == len(big) and target.read_bytes() == big
     assert stat.S_IMODE(target.stat().st_mode) == 0o644
     os.chmod(target, 0o600)
-    await ops.write_file(str(target), _chunks(b"new"), None, None)
+    await staging.write_file(str(target), _chunks(b"new"), None, None)
     assert target.read_bytes() == b"new" and stat.S_IMODE(target.stat().st_mode) == 0o600
-    await ops.write_file(str(target), _chunks(b"newer"), 0o640, None)
+    await staging.write_file(str(target), _chunks(b"newer"), 0o640, None)
     assert stat.S_IMODE(target.stat().st_mode) == 0o640
     assert sorted(os.listdir(tmp_path)) == ["out.bin"]
 
@@ -141,18 +142,18 @@ async def test_failed_stream_leaves_old_file_and_no_temporary(tmp_path: Path) ->
     target = tmp_path / "keep.txt"
     target.write_bytes(b"old content")
     with pytest.raises(BadRequest):
-        await ops.write_file(str(target), _chunks(b"x" * ops.WRITE_BATCH, b"y" * 10, b"z",
+        await staging.write_file(str(target), _chunks(b"x" * staging.WRITE_BATCH, b"y" * 10, b"z",
                                                   fail_after=2), None, None)
     assert target.read_bytes() == b"old content"
     assert os.listdir(tmp_path) == ["keep.txt"]
 
 
 async def test_write_creates_parents_and_writes_through_symlinks(tmp_path: Path) -> None:
-    await ops.write_file(str(tmp_path / "new" / "deep" / "f"), _chunks(b"1"), None, None)
+    await staging.write_file(str(tmp_path / "new" / "deep" / "f"), _chunks(b"1"), None, None)
     assert (tmp_path / "new" / "deep" / "f").read_bytes() == b"1"
     (tmp_path / "real").write_bytes(b"old")
     (tmp_path / "link").symlink_to(tmp_path / "real")
-    await ops.write_file(str(tmp_path / "link"), _chunks(b"via link"), None, None)
+    await staging.write_file(str(tmp_path / "link"), _chunks(b"via link"), None, None)
     assert (tmp_path / "link").is_symlink()
     assert (tmp_path / "real").read_bytes() == b"via link"
 
@@ -161,11 +162,11 @@ async def test_write_onto_a_directory_or_under_a_file_is_rejected(tmp_path: Path
     (tmp_path / "d").mkdir()
     (tmp_path / "f").write_text("x")
     with pytest.raises(BadRequest, match="is a directory"):
-        await ops.write_file(str(tmp_path / "d"), _chunks(b"1"), None, None)
+        await staging.write_file(str(tmp_path / "d"), _chunks(b"1"), None, None)
     with pytest.raises(BadRequest, match="not a directory"):
-        await ops.write_file(str(tmp_path / "f" / "x"), _chunks(b"1"), None, None)
+        await staging.write_file(str(tmp_path / "f" / "x"), _chunks(b"1"), None, None)
     with pytest.raises(BadRequest, match="not a directory"):
-        await ops.write_file(str(tmp_path / "f" / "x" / "y"), _chunks(b"1"), None, None)
+        await staging.write_file(str(tmp_path / "f" / "x" / "y"), _chunks(b"1"), None, None)
     assert sorted(os.listdir(tmp_path)) == ["d", "f"]
 
 
