@@ -32,11 +32,12 @@ from agent.identity import FsUser
 from agent.live import routes as live_routes
 from agent.logs import routes as logs_routes
 from agent.middleware import Handler, add_request_id, errors, request_context
+from agent.openapi import is_stream, spec_json, spec_text
 from agent.playwright import routes as playwright_routes
 from agent.processes import routes as processes_routes
 from agent.replays import routes as replays_routes
 from agent.sessions import SessionStore
-from agent.spec import ALIAS_PREFIX, is_stream, operation_for, spec_json, spec_text
+from agent.spec import ALIAS_PREFIX, operation_for
 from agent.telemetry import routes as telemetry_routes
 
 __all__ = ["SETTINGS", "create_app"]

@@ -1,4 +1,4 @@
-"""The daemon's OpenAPI document, and validation at the edge against it.
+"""Validation at the edge against the daemon's OpenAPI document (`openapi`).
 
 Request bodies and query parameters are checked against the very schemas `/spec.json`
 publishes, so the contract and the code cannot drift. A bad field becomes a 400 whose
@@ -13,11 +13,8 @@ import functools
 import json
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
-from importlib import resources
 from typing import Any, cast
 
-import yaml
 from aiohttp import web
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
@@ -30,6 +27,7 @@ from agent.errors import (
     UnsupportedMediaType,
     field_error,
 )
+from agent.openapi import Operation, fill_defaults, operations, resolve, spec_document
 
 ALIAS_PREFIX = "/browsers/{browser_id}"
 MAX_JSON_DEPTH = 64  # nesting of arrays and objects in a request body
@@ -39,61 +37,6 @@ def _parse_float(text: str) -> float | int:
     """JSON Schema counts 3.0 as an integer, so the handlers get it as the int 3."""
     value = float(text)
     return int(value) if value.is_integer() else value
-HTTP_METHODS = ("get", "put", "post", "delete", "patch", "head", "options")
-
-
-@dataclass(frozen=True)
-class Operation:
-    method: str  # lower case
-    path: str  # spec path template, e.g. /process/{process_id}/status
-    scope: str  # read | write | admin | none
-    raw: Mapping[str, Any]
-
-
-@functools.cache
-def spec_text() -> str:
-    return resources.files("agent").joinpath("openapi.yaml").read_text(encoding="utf-8")
-
-
-@functools.cache
-def spec_document() -> dict[str, Any]:
-    doc = yaml.safe_load(spec_text())
-    if not isinstance(doc, dict):
-        raise RuntimeError("agent/openapi.yaml is not a mapping")
-    return doc
-
-
-@functools.cache
-def spec_json() -> str:
-    return json.dumps(spec_document(), ensure_ascii=False)
-
-
-@functools.cache
-def operations() -> dict[tuple[str, str], Operation]:
-    ops: dict[tuple[str, str], Operation] = {}
-    for path, item in spec_document().get("paths", {}).items():
-        for method in HTTP_METHODS:
-            op = item.get(method)
-            if op is None:
-                continue
-            scope = str(op.get("x-scope", "admin"))
-            ops[(method, path)] = Operation(method, path, scope, op)
-    return ops
-
-
-@functools.cache
-def is_stream(method: str, path: str) -> bool:
-    """An operation that holds its connection open: a WebSocket (`x-websocket`) or an
-    event stream (a 200 of `text/event-stream`)."""
-    op = operations().get((method, path))
-    if op is None:
-        return False
-    if op.raw.get("x-websocket"):
-        return True
-    ok = op.raw.get("responses", {}).get("200", {})
-    return "text/event-stream" in (ok.get("content") or {})
-
-
 def canonical_path(template: str) -> str:
     """The spec path of a route template, with the /browsers/{id} alias prefix removed."""
     if template.startswith(ALIAS_PREFIX + "/"):
@@ -110,17 +53,6 @@ def operation_for(request: web.Request) -> Operation | None:
     if method == "head":
         method = "get"
     return operations().get((method, canonical_path(resource.canonical)))
-
-
-def _resolve(schema: Mapping[str, Any]) -> Mapping[str, Any]:
-    """Follow a local `$ref` (one level is all our request bodies use)."""
-    ref = schema.get("$ref")
-    if not isinstance(ref, str) or not ref.startswith("#/"):
-        return schema
-    node: Any = spec_document()
-    for part in ref[2:].split("/"):
-        node = node[part]
-    return _resolve(node)
 
 
 @functools.cache
@@ -156,13 +88,6 @@ def _error_details(errors: Iterator[ValidationError], prefix: str = "") -> list[
     return details
 
 
-def _fill_defaults(schema: Mapping[str, Any], body: dict[str, Any]) -> dict[str, Any]:
-    for name, prop in _resolve(schema).get("properties", {}).items():
-        if name not in body and isinstance(prop, Mapping) and "default" in prop:
-            body[name] = copy.deepcopy(prop["default"])
-    return body
-
-
 def validate_body(op: Operation, body: Any) -> dict[str, Any]:
     key = (op.method, op.path)
     errors = list(_validator_for(key, "body").iter_errors(body))
@@ -174,7 +99,7 @@ def validate_body(op: Operation, body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
     schema = op.raw["requestBody"]["content"]["application/json"]["schema"]
-    return _fill_defaults(schema, body)
+    return fill_defaults(schema, body)
 
 
 async def request_json(request: web.Request) -> dict[str, Any]:
@@ -243,7 +168,7 @@ def body_timeout(request: web.Request) -> RequestTimeout:
 
 
 def _coerce(name: str, raw: str, schema: Mapping[str, Any]) -> Any:
-    kind = _resolve(schema).get("type")
+    kind = resolve(schema).get("type")
     if kind == "integer":
         try:
             return int(raw)
@@ -275,13 +200,13 @@ def request_query(request: web.Request) -> dict[str, Any]:
             continue
         name = param["name"]
         schema = param.get("schema", {})
-        if _resolve(schema).get("type") == "array":
+        if resolve(schema).get("type") == "array":
             # style=form, explode=true: repeated parameters (comma-separated values too)
             items = [part for raw in request.query.getall(name, []) for part in raw.split(",")
                      if part]
             if not items:
                 continue
-            item_schema = _resolve(schema).get("items", {})
+            item_schema = resolve(schema).get("items", {})
             value = [_coerce(name, item, item_schema) for item in items]
         else:
             raw = request.query.get(name)
@@ -290,8 +215,8 @@ def request_query(request: web.Request) -> dict[str, Any]:
                     raise BadRequest.for_field(
                         name, "is required", f"query parameter {name} is required",
                         detail_code="missing_field")
-                if "default" in _resolve(schema):
-                    values[name] = copy.deepcopy(_resolve(schema)["default"])
+                if "default" in resolve(schema):
+                    values[name] = copy.deepcopy(resolve(schema)["default"])
                 continue
             value = _coerce(name, raw, schema)
         errors = list(_validator_for((op.method, op.path), "param", name).iter_errors(value))

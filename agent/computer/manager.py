@@ -31,15 +31,10 @@ from agent.computer.screen import (
 )
 from agent.computer.watch import ScreenWatch, WaitResult, WaitSpec, parse_wait
 from agent.errors import AgentError, BadRequest, DisplayUnavailable
+from agent.openapi import with_defaults
 
 T = TypeVar("T")
 
-ACTION_TYPES = ("click_mouse", "move_mouse", "type_text", "press_key", "scroll", "drag_mouse",
-                "set_cursor", "sleep")
-MAX_CLICKS = 100
-MAX_WHEEL = 1000
-MAX_WAIT_MS = 60_000
-MAX_PATH = 1000
 IDLE_RELEASE_S = 2.0
 # PNG bands encode in parallel: one thread per core (zlib releases the GIL).
 ENCODERS = max(2, os.cpu_count() or 2)
@@ -61,19 +56,13 @@ class BatchOutcome:
     shot_wait: WaitResult | None = None
 
 
-def _limit(params: Mapping[str, Any], name: str, low: int, high: int, default: int) -> int:
-    value = params.get(name, default)
-    if value is None:
-        return default
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise BadRequest.for_field(
-            name, f"must be from {low} to {high}",
-            f"{name} must be an integer from {low} to {high}")
-    return value
-
-
 def _point(params: Mapping[str, Any]) -> tuple[int, int]:
     return int(params["x"]), int(params["y"])
+
+
+def _optional_int(params: Mapping[str, Any], name: str) -> int | None:
+    value = params.get(name)
+    return None if value is None else int(value)
 
 
 def prepare(kind: str, params: Mapping[str, Any]) -> Action:
@@ -98,64 +87,84 @@ def _shot_request(params: Mapping[str, Any]) -> ShotRequest:
     )
 
 
+# Each action: its request schema in the spec, and how to build it from parameters that
+# the spec has checked (types, enums, bounds) and filled (defaults), nested in a batch
+# too. Integers may arrive as integral floats (JSON Schema counts 5.0 as an integer).
+Builder = Callable[[Mapping[str, Any], list[int]], Action]
+
+
+def _click(p: Mapping[str, Any], hold: list[int]) -> Action:
+    x, y = _point(p)
+    button, click_type, clicks = p["button"], p["click_type"], int(p["num_clicks"])
+    return Action("click_mouse", lambda s: s.click(x, y, button, click_type, clicks, hold),
+                  ((x, y, ""),))
+
+
+def _move(p: Mapping[str, Any], hold: list[int]) -> Action:
+    x, y = _point(p)
+    smooth, move_ms = bool(p["smooth"]), _optional_int(p, "duration_ms")
+    return Action("move_mouse", lambda s: s.move(x, y, smooth, move_ms, hold), ((x, y, ""),))
+
+
+def _type(p: Mapping[str, Any], hold: list[int]) -> Action:
+    text, delay = str(p["text"]), int(p["delay"])
+    return Action("type_text", lambda s: s.type_text(text, delay))
+
+
+def _press(p: Mapping[str, Any], hold: list[int]) -> Action:
+    combos = keys.parse_keys(p.get("keys"), "keys")
+    if not combos:
+        raise BadRequest.for_field("keys", "must name at least one key")
+    hold_ms = int(p["duration"])
+    return Action("press_key", lambda s: s.press_keys(combos, hold_ms, hold))
+
+
+def _scroll(p: Mapping[str, Any], hold: list[int]) -> Action:
+    x, y = _point(p)
+    dx, dy = int(p["delta_x"]), int(p["delta_y"])
+    return Action("scroll", lambda s: s.scroll(x, y, dx, dy, hold), ((x, y, ""),))
+
+
+def _drag(p: Mapping[str, Any], hold: list[int]) -> Action:
+    path = [(int(x), int(y)) for x, y in p["path"]]
+    button, delay, smooth = p["button"], int(p["delay"]), bool(p["smooth"])
+    steps, step_delay = int(p["steps_per_segment"]), int(p["step_delay_ms"])
+    drag_ms = _optional_int(p, "duration_ms")
+    return Action(
+        "drag_mouse",
+        lambda s: s.drag(path, button, delay, steps, step_delay, smooth, drag_ms, hold),
+        tuple((x, y, f"path.{i}") for i, (x, y) in enumerate(path)))
+
+
+def _cursor(p: Mapping[str, Any], hold: list[int]) -> Action:
+    hidden = bool(p["hidden"])
+    return Action("set_cursor", lambda s: s.set_cursor(hidden), hides_cursor=hidden)
+
+
+def _sleep(p: Mapping[str, Any], hold: list[int]) -> Action:
+    pause_ms = int(p["duration_ms"])
+    return Action("sleep", lambda s: s.sleep(pause_ms))
+
+
+ACTIONS: dict[str, tuple[str, Builder]] = {
+    "click_mouse": ("ClickMouseRequest", _click),
+    "move_mouse": ("MoveMouseRequest", _move),
+    "type_text": ("TypeTextRequest", _type),
+    "press_key": ("PressKeyRequest", _press),
+    "scroll": ("ScrollRequest", _scroll),
+    "drag_mouse": ("DragMouseRequest", _drag),
+    "set_cursor": ("SetCursorRequest", _cursor),
+    "sleep": ("SleepAction", _sleep),
+}
+
+
 def _prepare(kind: str, params: Mapping[str, Any]) -> Action:
-    hold = keys.parse_hold_keys(params.get("hold_keys"))
-    if kind == "click_mouse":
-        x, y = _point(params)
-        clicks = _limit(params, "num_clicks", 1, MAX_CLICKS, 1)
-        button = params.get("button") or "left"
-        click_type = params.get("click_type") or "click"
-        return Action(kind, lambda s: s.click(x, y, button, click_type, clicks, hold),
-                      ((x, y, ""),))
-    if kind == "move_mouse":
-        x, y = _point(params)
-        smooth = bool(params.get("smooth", True))
-        move_ms: int | None = None
-        if params.get("duration_ms") is not None:
-            move_ms = _limit(params, "duration_ms", 50, 5000, 0)
-        return Action(kind, lambda s: s.move(x, y, smooth, move_ms, hold), ((x, y, ""),))
-    if kind == "type_text":
-        text = str(params["text"])
-        delay = _limit(params, "delay", 0, MAX_WAIT_MS, 0)
-        return Action(kind, lambda s: s.type_text(text, delay))
-    if kind == "press_key":
-        combos = keys.parse_keys(params.get("keys"), "keys")
-        if not combos:
-            raise BadRequest.for_field("keys", "must name at least one key")
-        hold_ms = _limit(params, "duration", 0, MAX_WAIT_MS, 0)
-        return Action(kind, lambda s: s.press_keys(combos, hold_ms, hold))
-    if kind == "scroll":
-        x, y = _point(params)
-        dx = _limit(params, "delta_x", -MAX_WHEEL, MAX_WHEEL, 0)
-        dy = _limit(params, "delta_y", -MAX_WHEEL, MAX_WHEEL, 0)
-        return Action(kind, lambda s: s.scroll(x, y, dx, dy, hold), ((x, y, ""),))
-    if kind == "drag_mouse":
-        raw = params.get("path") or []
-        if not 2 <= len(raw) <= MAX_PATH:
-            raise BadRequest.for_field(
-                "path", f"must hold 2 to {MAX_PATH} points",
-                f"path must hold 2 to {MAX_PATH} points")
-        path = [(int(p[0]), int(p[1])) for p in raw]
-        button = params.get("button") or "left"
-        delay = _limit(params, "delay", 0, MAX_WAIT_MS, 0)
-        steps = _limit(params, "steps_per_segment", 1, 1000, 10)
-        step_delay = _limit(params, "step_delay_ms", 0, MAX_WAIT_MS, 50)
-        smooth = bool(params.get("smooth", True))
-        drag_ms: int | None = None
-        if params.get("duration_ms") is not None:
-            drag_ms = _limit(params, "duration_ms", 50, 10_000, 0)
-        return Action(
-            kind,
-            lambda s: s.drag(path, button, delay, steps, step_delay, smooth, drag_ms, hold),
-            tuple((x, y, f"path.{i}") for i, (x, y) in enumerate(path)))
-    if kind == "set_cursor":
-        hidden = bool(params["hidden"])
-        return Action(kind, lambda s: s.set_cursor(hidden), hides_cursor=hidden)
-    if kind == "sleep":
-        pause_ms = _limit(params, "duration_ms", 0, 30_000, 0)
-        return Action(kind, lambda s: s.sleep(pause_ms))
-    raise BadRequest.for_field(
-        "type", f"must be one of {', '.join(ACTION_TYPES)}", f"unknown action type {kind!r}")
+    entry = ACTIONS.get(kind)
+    if entry is None:
+        raise BadRequest.for_field(
+            "type", f"must be one of {', '.join(ACTIONS)}", f"unknown action type {kind!r}")
+    schema, build = entry
+    return build(with_defaults(schema, params), keys.parse_hold_keys(params.get("hold_keys")))
 
 
 def _in_batch(exc: AgentError, index: int, kind: str) -> AgentError:
@@ -275,7 +284,7 @@ class Computer:
                         raise BadRequest.for_field(
                             "type", "screenshot may only be the last action",
                             "a screenshot may only end a batch")
-                elif kind not in ACTION_TYPES:
+                elif kind not in ACTIONS:
                     prepare(kind, {})
                 if extra:
                     raise BadRequest.for_field(

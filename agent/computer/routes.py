@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -34,39 +35,23 @@ def _image(shot: Shot, result: WaitResult | None) -> web.Response:
     return web.Response(body=shot.data, content_type=shot.content_type, headers=headers)
 
 
-async def _act(request: web.Request, kind: str) -> web.Response:
-    body = await request_json(request)
-    return _waited(await _computer(request).perform(kind, body))
+# The input actions with a route of their own, by path (the Kernel API calls type_text's
+# route /computer/type); each answers as `_waited` says.
+ACTION_ROUTES = {"click_mouse": "click_mouse", "move_mouse": "move_mouse", "type": "type_text",
+                 "press_key": "press_key", "scroll": "scroll", "drag_mouse": "drag_mouse"}
 
 
-@routes.post("/computer/click_mouse")
-async def click_mouse(request: web.Request) -> web.Response:
-    return await _act(request, "click_mouse")
+def _action_handler(kind: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def act(request: web.Request) -> web.Response:
+        body = await request_json(request)
+        return _waited(await _computer(request).perform(kind, body))
+
+    act.__name__ = kind
+    return act
 
 
-@routes.post("/computer/move_mouse")
-async def move_mouse(request: web.Request) -> web.Response:
-    return await _act(request, "move_mouse")
-
-
-@routes.post("/computer/type")
-async def type_text(request: web.Request) -> web.Response:
-    return await _act(request, "type_text")
-
-
-@routes.post("/computer/press_key")
-async def press_key(request: web.Request) -> web.Response:
-    return await _act(request, "press_key")
-
-
-@routes.post("/computer/scroll")
-async def scroll(request: web.Request) -> web.Response:
-    return await _act(request, "scroll")
-
-
-@routes.post("/computer/drag_mouse")
-async def drag_mouse(request: web.Request) -> web.Response:
-    return await _act(request, "drag_mouse")
+for _path, _kind in ACTION_ROUTES.items():
+    routes.post(f"/computer/{_path}")(_action_handler(_kind))
 
 
 @routes.post("/computer/cursor")

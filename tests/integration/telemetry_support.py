@@ -13,7 +13,7 @@ from aiohttp import web
 from helpers import SSEReader
 from jsonschema import Draft202012Validator
 
-from agent.spec import spec_document
+from agent.openapi import spec_document
 
 ENVELOPE = Draft202012Validator({"$ref": "#/components/schemas/TelemetryEventEnvelope",
                                  "components": spec_document()["components"]})

@@ -17,7 +17,8 @@ from process_helpers import browser_user, browser_user_env
 
 from agent.app import create_app
 from agent.config import make_settings
-from agent.spec import ALIAS_PREFIX, operations
+from agent.openapi import operations
+from agent.spec import ALIAS_PREFIX
 
 
 def served_routes() -> set[tuple[str, str]]:

@@ -20,7 +20,7 @@ from common import MakeClient
 from helpers import Chromium, async_wait_until, running_chromium
 
 from agent.docs.routes import ASSETS, CSP
-from agent.spec import operations
+from agent.openapi import operations
 
 TOKEN = "docs-page-token-0123456789"
 

@@ -45,7 +45,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from agent.spec import spec_document
+from agent.openapi import spec_document
 
 TOKEN = "fuzz-test-token-0123456789"
 SPEC = spec_document()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from agent.config import ConfigError, load_settings, parse_rate
+from agent.openapi import operations
 from agent.ratelimit import CLASSES, EXEMPT, Limit, RateLimiter, rate_class
-from agent.spec import operations
 
 
 class Clock:
