@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import io
 import logging
+import os
 import struct
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -86,6 +87,7 @@ class Shot:
 
 
 BAND_ROWS = 64
+PARTS = max(2, os.cpu_count() or 2)  # groups of bands encoded at once
 _ADLER_BASE = 65521
 
 
@@ -118,7 +120,10 @@ def adler32_combine(first: int, second: int, second_len: int) -> int:
 
 def _deflate_rows(rgb: bytes | memoryview, width: int, rows: int, last: bool) -> Band:
     stride = width * 3
-    lines = b"".join([b"\x00" + rgb[y * stride:(y + 1) * stride] for y in range(rows)])
+    view = memoryview(rgb)
+    # Each row after its filter byte (None): b"\0".join puts one before every row but the
+    # first, hence the empty first item.
+    lines = b"\x00".join([b"", *[view[y * stride:(y + 1) * stride] for y in range(rows)]])
     packer = zlib_ng.compressobj(1, zlib_ng.DEFLATED, -15)
     data = packer.compress(lines) + packer.flush(
         zlib_ng.Z_FINISH if last else zlib_ng.Z_FULL_FLUSH)
@@ -138,9 +143,25 @@ def _spans(height: int, first: int = 0, end: int | None = None) -> list[tuple[in
 
 
 def _map(pool: Executor | None, fn: Any, *columns: list[Any]) -> list[Band]:
-    if pool is None or len(columns[0]) < 2:
-        return [fn(*args) for args in zip(*columns, strict=True)]
-    return list(pool.map(fn, *columns))
+    """`fn` over the bands, in order: in as many contiguous groups as there are cores, the
+    first on this thread and the others on the pool. (A task per band costs more than it
+    gains: converting and joining a band's rows holds the GIL, only deflating lets go.)"""
+    jobs = list(zip(*columns, strict=True))
+    parts = min(len(jobs), PARTS) if pool is not None else 1
+    if parts < 2:
+        return [fn(*args) for args in jobs]
+    size = -(-len(jobs) // parts)
+    groups = [jobs[i:i + size] for i in range(0, len(jobs), size)]
+
+    def run(group: list[tuple[Any, ...]]) -> list[Band]:
+        return [fn(*args) for args in group]
+
+    assert pool is not None
+    others = [pool.submit(run, group) for group in groups[1:]]
+    bands = run(groups[0])
+    for future in others:
+        bands.extend(future.result())
+    return bands
 
 
 def encode_bands_bgrx(bgrx: bytes | bytearray | memoryview, width: int, height: int,
