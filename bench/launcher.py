@@ -23,7 +23,7 @@ from typing import IO, Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from helpers import free_port, wait_until  # noqa: E402
+from helpers import free_port, stop_process, wait_until  # noqa: E402
 from process_helpers import browser_user_env  # noqa: E402
 
 TOKEN = "bench-token-0123456789"
@@ -55,12 +55,7 @@ class Daemon:
             return None
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
 
 
 def devtools_ok(daemon: Daemon) -> bool:

@@ -67,6 +67,17 @@ async def async_wait_until(predicate: Callable[[], Any], timeout: float = 10.0,
         await asyncio.sleep(interval)
 
 
+def stop_process(proc: subprocess.Popen[Any], grace: float = 10) -> None:
+    """TERM, then KILL after `grace` seconds; reaped either way."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -117,13 +128,8 @@ class Xvfb:
         return result.returncode == 0
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc)
         self.proc = None
 
 
@@ -191,13 +197,8 @@ class Chromium:
             return json.loads(resp.read())
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc)
         self.proc = None
         if self._own_profile:
             shutil.rmtree(self.profile, ignore_errors=True)

@@ -30,6 +30,7 @@ from agent.computer.display import (
     CONNECTION_ERRORS,
     close_quietly,
     drain_events,
+    end_session,
     open_display,
 )
 from agent.errors import AgentError, DisplayUnavailable, GatewayTimeout, PayloadTooLarge
@@ -356,8 +357,4 @@ class Clipboard:
         session, self._session = self._session, None
         if session is None:
             return
-        try:
-            session.close()
-        except Exception:
-            log.debug("giving up the clipboard failed", exc_info=True)
-        close_quietly(session.dpy)
+        end_session(session, "clipboard", flush=False)

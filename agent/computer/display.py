@@ -152,22 +152,13 @@ class XConnection(Generic[S]):
         if session is None:
             return
         log.warning("X connection %s on %s lost: %s", self.name, self.display_name, reason)
-        try:
-            session.close()
-        except Exception:  # the server is gone: nothing to tidy up
-            log.debug("closing session %s failed", self.name, exc_info=True)
-        close_quietly(session.dpy)
+        end_session(session, self.name, flush=False)  # the server is gone: nothing to flush
 
     def _shutdown(self) -> None:
         session, self._session = self._session, None
         if session is None:
             return
-        try:
-            session.close()
-            session.dpy.flush()
-        except Exception:
-            log.debug("closing session %s failed", self.name, exc_info=True)
-        close_quietly(session.dpy)
+        end_session(session, self.name, flush=True)
 
     async def close(self) -> None:
         self.closing.set()
@@ -176,6 +167,18 @@ class XConnection(Generic[S]):
             await loop.run_in_executor(self._executor, self._shutdown)
         finally:
             self._executor.shutdown(wait=False)
+
+
+def end_session(session: Any, name: str, flush: bool) -> None:
+    """Let a session tidy up on its connection (`session.close()`, then a flush so that
+    it reaches the server), then close the connection, whatever fails on the way."""
+    try:
+        session.close()
+        if flush:
+            session.dpy.flush()
+    except Exception:
+        log.debug("closing session %s failed", name, exc_info=True)
+    close_quietly(session.dpy)
 
 
 def close_quietly(dpy: xdisplay.Display) -> None:
