@@ -177,9 +177,9 @@ class Chromium:
              "--start-maximized", *self.extra_flags, "about:blank"],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        wait_until(self._page_target, timeout=30, what="Chromium's DevTools to list a page")
+        wait_until(self.page_target, timeout=30, what="Chromium's DevTools to list a page")
 
-    def _page_target(self) -> str:
+    def page_target(self) -> str:
         if self.proc is not None and self.proc.poll() is not None:
             raise RuntimeError(f"Chromium exited with {self.proc.returncode}")
         try:
@@ -208,7 +208,7 @@ class Chromium:
     async def cdp(self, method: str, params: dict[str, Any] | None = None,
                   ws_url: str | None = None) -> dict[str, Any]:
         """One DevTools command on the page target (or `ws_url`); returns its result."""
-        url = ws_url or await asyncio.to_thread(self._page_target)
+        url = ws_url or await asyncio.to_thread(self.page_target)
         return await cdp_call(url, method, params)
 
     async def evaluate(self, expression: str) -> Any:

@@ -137,6 +137,7 @@ class Executor:
         body: dict[str, Any] = {
             "name": self.name,
             "busy": self.busy,
+            "queued": self.queued,
             "created_at": _iso(self.created_at),
             "last_used_at": _iso(self.last_used_at),
         }

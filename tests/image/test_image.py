@@ -289,7 +289,7 @@ async def test_fonts_render_latin_cjk_and_emoji(box: Container) -> None:
         "<p id=cjk style='font-family:sans-serif'>日本語の文字 中文 한국어</p>"
         "<p id=emoji style='font-family:sans-serif'>😀🎉</p>"
     )
-    url = await async_wait_until(lambda: browser._page_target(), what="the page target")
+    url = await async_wait_until(lambda: browser.page_target(), what="the page target")
     fonts: dict[str, list[str]] = {}
     async with websockets.connect(url, max_size=None) as ws:
         ids = iter(range(1, 1000))

@@ -207,7 +207,7 @@ class SupervisedChromium:
 
     def page_ws(self) -> str:
         browser = Chromium(self.display, 0, 0, port=self.port)
-        return str(wait_until(browser._page_target, timeout=30, what="a page target"))
+        return str(wait_until(browser.page_target, timeout=30, what="a page target"))
 
 
 @contextlib.contextmanager

@@ -96,7 +96,7 @@ class Page:
 
 @contextlib.asynccontextmanager
 async def page_of(browser: Chromium) -> AsyncIterator[Page]:
-    ws_url = await asyncio.to_thread(browser._page_target)
+    ws_url = await asyncio.to_thread(browser.page_target)
     async with websockets.connect(ws_url, max_size=None) as ws:
         page = Page(ws)
         try:

@@ -4,6 +4,7 @@ resume, the overflow marker, the end of a watch, idle expiry and shutdown."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import time
@@ -48,6 +49,15 @@ class SSE:
             assert frame is not None, f"stream ended after {found}"
             found.append(frame)
         return found
+
+
+def inotify_fds() -> int:
+    """inotify instances open in this process (the app under test runs in it)."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            count += os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:inotify"
+    return count
 
 
 def summary(frames: list[tuple[int, dict[str, Any]]], root: Path) -> list[tuple[str, str]]:
@@ -244,9 +254,11 @@ async def test_events_arrive_promptly(make_client: MakeClient, tmp_path: Path) -
 
 async def test_shutdown_ends_streams_and_closes_watches(make_client: MakeClient,
                                                         tmp_path: Path) -> None:
+    before = inotify_fds()
     client = await make_client()
     watch_id = await start(client, tmp_path)
     manager = client.app[WATCHES]
+    assert inotify_fds() == before + 1
     async with aiohttp.ClientSession(headers=ADMIN) as session:
         response = await session.get(client.make_url(f"/fs/watch/{watch_id}/events"))
         stream = SSE(response)
@@ -256,4 +268,5 @@ async def test_shutdown_ends_streams_and_closes_watches(make_client: MakeClient,
         await client.close()
         assert await stream.frame() is None
         assert time.monotonic() - started < 5
-    assert watch_id not in manager and manager._inotify is None
+    assert watch_id not in manager
+    assert inotify_fds() == before  # the inotify instance is closed

@@ -23,8 +23,6 @@ from kernel import AsyncKernel, ConflictError
 from playwright_support import runtime_dir_for
 from process_helpers import TEST_USER, ensure_user
 
-from agent.playwright.routes import MANAGER
-
 BROWSER = "this-browser"
 WAIT = 30.0
 
@@ -307,12 +305,16 @@ async def test_two_executors_run_concurrently(api: Client) -> None:
 async def test_one_executor_runs_its_calls_in_order(api: Client) -> None:
     """Calls on one executor run one at a time, in the order they arrived."""
     await execute(api, "return 0", executor="solo")
-    executor = api.app[MANAGER]._executors["solo"]
+
+    async def solo_is(key: str, value: object) -> bool:  # as /playwright/executors says
+        listing = await (await api.get("/playwright/executors")).json()
+        return any(ex["name"] == "solo" and ex[key] == value for ex in listing["executors"])
+
     tasks = [asyncio.create_task(execute(api, SPAN % 300, executor="solo"))]
-    await async_wait_until(lambda: executor.busy, timeout=WAIT, what="the first call")
+    await async_wait_until(lambda: solo_is("busy", True), timeout=WAIT, what="the first call")
     for waiting in (1, 2):  # each arrives once the one before is queued
         tasks.append(asyncio.create_task(execute(api, SPAN % 300, executor="solo")))
-        await async_wait_until(lambda n=waiting: executor.queued == n, timeout=WAIT,
+        await async_wait_until(lambda n=waiting: solo_is("queued", n), timeout=WAIT,
                                what=f"{waiting} calls waiting")
     results = [(await asyncio.wait_for(task, WAIT))["result"] for task in tasks]
     for earlier, later in itertools.pairwise(results):
@@ -438,11 +440,11 @@ async def test_waiting_calls_are_bounded(api: Client) -> None:
     await async_wait_until(busy, timeout=WAIT, what="the blocking call to start")
     waiting = [asyncio.create_task(execute(api, "return 1", executor="queue"))
                for _ in range(16)]
-    manager = api.app[MANAGER]
 
-    def all_waiting() -> bool:
-        executor = manager._executors["queue"]
-        return executor.queued == 16
+    async def all_waiting() -> bool:
+        listing = await (await api.get("/playwright/executors")).json()
+        return any(ex["name"] == "queue" and ex["queued"] == 16
+                   for ex in listing["executors"])
 
     await async_wait_until(all_waiting, timeout=WAIT, what="16 calls to wait")
     resp = await api.post("/playwright/execute", json={"code": "return 1", "executor": "queue"})
