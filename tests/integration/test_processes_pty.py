@@ -14,6 +14,7 @@ import pytest
 from common import ADMIN, READ, READ_TOKEN, MakeClient
 from helpers import async_wait_until
 from process_helpers import (
+    SSE,
     TEST_USER,
     ensure_user,
     open_stream,
@@ -96,13 +97,18 @@ def _alive(proc: psutil.Process) -> bool:
         return False
 
 
-async def test_interactive_shell_with_job_control(make_client: MakeClient) -> None:
-    client = await make_client()
+async def _shell(client: Any) -> tuple[str, int, SSE]:
+    """An interactive shell on a terminal, at its first prompt: (id, pid, its output)."""
     resp = await client.post("/process/spawn", json=SHELL)
     body = await resp.json()
-    process_id, shell_pid = body["process_id"], body["pid"]
-    sse = await open_stream(client, process_id)
+    sse = await open_stream(client, body["process_id"])
     await sse.until("$ ")
+    return body["process_id"], body["pid"], sse
+
+
+async def test_interactive_shell_with_job_control(make_client: MakeClient) -> None:
+    client = await make_client()
+    process_id, shell_pid, sse = await _shell(client)
 
     await write_stdin(client, process_id, "echo $((6 * 7))-answer\n")
     await sse.until("42-answer")
@@ -140,11 +146,7 @@ async def test_interactive_shell_with_job_control(make_client: MakeClient) -> No
 
 async def test_kill_int_reaches_the_foreground_job(make_client: MakeClient) -> None:
     client = await make_client()
-    resp = await client.post("/process/spawn", json=SHELL)
-    body = await resp.json()
-    process_id, shell_pid = body["process_id"], body["pid"]
-    sse = await open_stream(client, process_id)
-    await sse.until("$ ")
+    process_id, shell_pid, _ = await _shell(client)
     await write_stdin(client, process_id, "sleep 302\n")
     await async_wait_until(lambda: _child_named(shell_pid, "sleep"), what="sleep to start")
     resp = await client.post(f"/process/{process_id}/kill", json={"signal": "INT"})
