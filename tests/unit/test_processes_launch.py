@@ -191,6 +191,12 @@ def check_failures_as_nobody(tmp_path: Path, starter: Starter) -> None:
                   subprocess.DEVNULL, starter=starter)
         assert info.value.code == code, command
         assert info.value.details and info.value.details[0]["field"] == "command"
+    closed = tmp_path / "closed"
+    closed.mkdir(mode=0o700)  # root's: the user cannot enter it
+    with pytest.raises(BadRequest) as info:
+        start(_as_nobody("true", cwd=str(closed)), subprocess.DEVNULL, subprocess.DEVNULL,
+              subprocess.DEVNULL, starter=starter)
+    assert info.value.details and info.value.details[0]["field"] == "cwd"
     private.chmod(0o755)
     assert _run(_as_nobody(str(private)), starter) == "hi\n"
     assert _run(_as_nobody("./root-only", cwd=str(tmp_path)), starter) == "hi\n"
