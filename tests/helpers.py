@@ -386,7 +386,8 @@ def _sse_frame(lines: list[str]) -> SSEFrame | None:
 
 def parse_sse(raw: bytes) -> list[SSEFrame]:
     """Every frame of a whole event-stream body."""
-    frames = (_sse_frame(block.split("\n")) for block in raw.decode().split("\n\n"))
+    frames = (_sse_frame([line for line in block.split("\n") if line])
+              for block in raw.decode().split("\n\n"))
     return [frame for frame in frames if frame is not None]
 
 
