@@ -72,7 +72,7 @@ class InputSession:
             raise DisplayUnavailable("the X server has no XTEST extension")
         self.dpy = dpy
         self.closing = closing
-        self.abandoned: threading.Event | None = None  # set while a job runs, see Computer
+        self.abandoned: threading.Event | None = None  # set while a job runs, see ComputerManager
         self.root = dpy.screen().root
         self.width = int(dpy.screen().width_in_pixels)
         self.height = int(dpy.screen().height_in_pixels)

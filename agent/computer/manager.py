@@ -183,7 +183,7 @@ def _in_batch(exc: AgentError, index: int, kind: str) -> AgentError:
     return wrapped
 
 
-class Computer:
+class ComputerManager:
     def __init__(self, display_name: str, clipboard_max_bytes: int = 16 << 20) -> None:
         self.display_name = display_name
         self._cursor_hidden = False

@@ -8,18 +8,18 @@ from typing import Any
 from aiohttp import web
 
 from agent.appkeys import SETTINGS
-from agent.computer.manager import Computer
+from agent.computer.manager import ComputerManager
 from agent.computer.screen import Shot
 from agent.computer.watch import WaitResult, combine
 from agent.errors import AgentError
 from agent.slices import Lifecycle
 from agent.spec import request_json
 
-COMPUTER = web.AppKey("computer", Computer)
+COMPUTER = web.AppKey("computer", ComputerManager)
 routes = web.RouteTableDef()
 
 
-def _computer(request: web.Request) -> Computer:
+def _computer(request: web.Request) -> ComputerManager:
     return request.app[COMPUTER]
 
 
@@ -102,7 +102,7 @@ async def clipboard_write(request: web.Request) -> web.Response:
     return web.Response(status=200)
 
 
-async def _display_probe(computer: Computer, name: str) -> dict[str, Any]:
+async def _display_probe(computer: ComputerManager, name: str) -> dict[str, Any]:
     try:
         await computer.display_ok()
     except AgentError as exc:
@@ -114,7 +114,7 @@ def setup(app: web.Application) -> Lifecycle:
     """Routes, and the controller (its connections open on first use; closed at cleanup)."""
     app.router.add_routes(routes)
     name = app[SETTINGS].display
-    computer = Computer(name, app[SETTINGS].clipboard_max_bytes)
+    computer = ComputerManager(name, app[SETTINGS].clipboard_max_bytes)
     app[COMPUTER] = computer
     return Lifecycle("computer", close=computer.close,
                      probes={"display": lambda: _display_probe(computer, name)})

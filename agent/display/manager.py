@@ -11,13 +11,14 @@ import asyncio
 from collections.abc import Callable, Sequence
 
 from agent.computer.input import InputSession
-from agent.computer.manager import Computer
+from agent.computer.manager import ComputerManager
 from agent.display import randr
 from agent.errors import Conflict, Unavailable
 
 
 class DisplayManager:
-    def __init__(self, computer: Computer, guards: Sequence[Callable[[], str | None]]) -> None:
+    def __init__(self, computer: ComputerManager,
+                 guards: Sequence[Callable[[], str | None]]) -> None:
         self._computer = computer
         self._guards = guards
         self._lock = asyncio.Lock()

@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from agent.computer.manager import Computer
+from agent.computer.manager import ComputerManager
 from agent.errors import AgentError, BadRequest, Forbidden, TooManyRequests
 
 MAX_QUEUED = 256
@@ -80,7 +80,7 @@ def to_actions(message: dict[str, Any]) -> list[Action]:
 class InputForwarder:
     """A viewer's input, in order, on the computer's input queue."""
 
-    def __init__(self, computer: Computer, may_act: bool,
+    def __init__(self, computer: ComputerManager, may_act: bool,
                  report: Callable[[AgentError], Awaitable[None]]) -> None:
         self._computer = computer
         self._may_act = may_act

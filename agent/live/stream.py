@@ -31,7 +31,7 @@ from typing import Any
 
 from PIL import Image
 
-from agent.computer.manager import Computer
+from agent.computer.manager import ComputerManager
 from agent.computer.screen import DamageGrab
 from agent.errors import AgentError
 
@@ -279,7 +279,7 @@ class Viewer:
 class LiveHub:
     """Grabs the screen's damage while viewers are connected and hands it to them."""
 
-    def __init__(self, computer: Computer) -> None:
+    def __init__(self, computer: ComputerManager) -> None:
         self._computer = computer
         self._viewers: set[Viewer] = set()
         self._screen = Screen()

@@ -14,7 +14,7 @@ from helpers import Xvfb, async_wait_until, free_display
 from Xlib import Xcursorfont
 from Xlib import display as xdisplay
 
-from agent.computer.manager import Computer
+from agent.computer.manager import ComputerManager
 
 ENDPOINTS: list[tuple[str, dict[str, Any] | None]] = [
     ("/computer/click_mouse", {"x": 10, "y": 10}),
@@ -67,7 +67,7 @@ async def test_never_started_display_is_503(make_client: Any) -> None:
 
 
 async def test_shutdown_during_a_held_key_releases_it(own_xvfb: Xvfb) -> None:
-    computer = Computer(own_xvfb.name)
+    computer = ComputerManager(own_xvfb.name)
     hold = asyncio.create_task(computer.perform(
         "press_key", {"keys": ["a", "ctrl+b"], "hold_keys": ["shift"], "duration": 20_000}))
     await async_wait_until(lambda: len(keys_down(own_xvfb.name)) == 4, timeout=5,

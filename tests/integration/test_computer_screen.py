@@ -12,7 +12,7 @@ from computer_support import open_page, post, screenshot
 from helpers import Chromium, Xvfb, async_wait_until
 from PIL import Image
 
-from agent.computer.manager import Computer
+from agent.computer.manager import ComputerManager
 
 COLOURS = """
 <style>body{margin:0;background:#fff} div{position:absolute}</style>
@@ -99,7 +99,7 @@ async def test_bad_screenshot_options_are_400(client: Any) -> None:
 async def test_unchanged_screen_reuses_the_image_until_something_is_drawn(
         chromium: Chromium, xvfb: Xvfb, origin: tuple[int, int]) -> None:
     ox, oy = origin
-    computer = Computer(xvfb.name)
+    computer = ComputerManager(xvfb.name)
     try:
         # quiet screen: the second answer is the first image again
         await async_wait_until(lambda: _reused(computer), timeout=10, what="a quiet screen")
@@ -143,6 +143,6 @@ async def test_unchanged_screen_reuses_the_image_until_something_is_drawn(
         await computer.close()
 
 
-async def _reused(computer: Computer, body: dict[str, Any] | None = None) -> bool:
+async def _reused(computer: ComputerManager, body: dict[str, Any] | None = None) -> bool:
     await computer.screenshot(body or {})
     return (await computer.screenshot(body or {})).reused
