@@ -83,6 +83,7 @@ class Started:
                 pid, status = os.waitpid(self.pid, os.WNOHANG)
             except ChildProcessError:  # reaped elsewhere: the status is lost (as Popen)
                 self.returncode = 0
+                return 0
             if pid == self.pid:
                 self.returncode = os.waitstatus_to_exitcode(status)
         return self.returncode

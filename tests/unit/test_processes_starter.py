@@ -113,3 +113,11 @@ def test_failures_come_back_as_exec_errors(starter: Starter, tmp_path: Path) -> 
     assert info.value.filename == str(tmp_path / "gone")
     # the clones that failed were reaped: only the helper and the next clone are left
     assert _children() - before <= {starter.pid, _wait_for_clone(starter)}
+
+
+def test_a_child_reaped_elsewhere_reads_as_exit_0(starter: Starter) -> None:
+    """As with Popen: once someone else has collected the status, poll says 0."""
+    started = starter.start(Request(["true"], ENV, "/", None, None, (), False),
+                            subprocess.DEVNULL, subprocess.DEVNULL, subprocess.DEVNULL)
+    assert os.waitpid(started.pid, 0)[0] == started.pid
+    assert started.poll() == 0 and started.wait(1) == 0
