@@ -103,10 +103,11 @@ class ProcessManager:
         if swapped:
             log.info("the daemon was started with %s ignored; processes it starts get "
                      "their default action", ", ".join(swapped))
-        try:
-            self._starter.warm()
-        except OSError as exc:
-            log.warning("cannot start the process starter: %s", exc)
+        if os.geteuid() == 0:  # it starts every process that switches user: have it ready
+            try:
+                self._starter.warm()
+            except OSError as exc:
+                log.warning("cannot start the process starter: %s", exc)
         try:  # now: it also stops what a daemon that died before this one left running
             self._spools = SpoolDirectory(self._settings.process_spool_dir)
         except OSError as exc:

@@ -108,11 +108,12 @@ class Started:
 
 class Starter:
     """The daemon's side: starts the helper on first use (again if it died), one request
-    at a time (a lock: callers are the event loop and the odd worker thread)."""
+    at a time (a lock: requests come from the event loop, `close` from a worker thread)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._helper: subprocess.Popen[bytes] | None = None
+        self._helper_fd = -1  # the helper's pidfd: readable once it died
         self._sock: socket.socket | None = None
 
     @property
@@ -137,6 +138,7 @@ class Starter:
             theirs.close()
         ours.settimeout(REPLY_TIMEOUT_S)
         self._sock = ours
+        self._helper_fd = os.pidfd_open(self._helper.pid)
         return ours
 
     def warm(self) -> None:
@@ -192,32 +194,30 @@ class Starter:
     def _read_status(self, fd: int) -> bytes:
         """What the clone said, up to the pipe's close: its exec or exit, or, once the
         helper died and its socket closed, the request's end (nobody took it)."""
-        assert self._helper is not None
-        helper = os.pidfd_open(self._helper.pid)
-        watch = [fd, helper]
+        watch = [fd, self._helper_fd]
         data = b""
         deadline = time.monotonic() + REPLY_TIMEOUT_S
-        try:
-            while True:
-                remaining = deadline - time.monotonic()
-                ready = select.select(watch, [], [], max(remaining, 0))[0]
-                if fd in ready:
-                    chunk = os.read(fd, 256)
-                    if not chunk:
-                        return data
-                    data += chunk
-                elif helper in ready:
-                    self._stop(ask=False)  # a clone that took the request still answers
-                    watch = [fd]
-                else:
-                    self._stop(ask=False)  # stuck: start afresh next time
-                    raise OSError(errno.EAGAIN, "the process starter did not answer in time")
-        finally:
-            os.close(helper)
+        while True:
+            remaining = deadline - time.monotonic()
+            ready = select.select(watch, [], [], max(remaining, 0))[0]
+            if fd in ready:
+                chunk = os.read(fd, 256)
+                if not chunk:
+                    return data
+                data += chunk
+            elif ready:  # the helper died
+                self._stop(ask=False)  # a clone that took the request still answers
+                watch = [fd]
+            else:
+                self._stop(ask=False)  # stuck: start afresh next time
+                raise OSError(errno.EAGAIN, "the process starter did not answer in time")
 
     def _stop(self, ask: bool = True) -> None:
         sock, self._sock = self._sock, None
         helper, self._helper = self._helper, None
+        if self._helper_fd >= 0:
+            os.close(self._helper_fd)
+            self._helper_fd = -1
         if helper is not None and not ask:
             helper.kill()
         if sock is not None and ask and helper is not None and helper.poll() is None:
