@@ -9,7 +9,6 @@ parsed up front (key names, limits), so a bad request fails before any input hap
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +21,7 @@ from agent.computer.clipboard import Clipboard
 from agent.computer.display import XConnection
 from agent.computer.input import ABANDON_CHECK_S, Abandoned, InputSession, input_factory
 from agent.computer.screen import (
+    ENCODERS,
     CaptureSession,
     DamageGrab,
     Region,
@@ -36,8 +36,6 @@ from agent.openapi import with_defaults
 T = TypeVar("T")
 
 IDLE_RELEASE_S = 2.0
-# PNG bands encode in parallel: one thread per core (zlib releases the GIL).
-ENCODERS = max(2, os.cpu_count() or 2)
 
 
 @dataclass(frozen=True)

@@ -87,7 +87,8 @@ class Shot:
 
 
 BAND_ROWS = 64
-PARTS = max(2, os.cpu_count() or 2)  # groups of bands encoded at once
+# Encoder threads, one per core: also how many groups a frame's bands are encoded in.
+ENCODERS = max(2, os.cpu_count() or 2)
 _ADLER_BASE = 65521
 
 
@@ -147,16 +148,14 @@ def _map(pool: Executor | None, fn: Any, *columns: list[Any]) -> list[Band]:
     first on this thread and the others on the pool. (A task per band costs more than it
     gains: converting and joining a band's rows holds the GIL, only deflating lets go.)"""
     jobs = list(zip(*columns, strict=True))
-    parts = min(len(jobs), PARTS) if pool is not None else 1
-    if parts < 2:
-        return [fn(*args) for args in jobs]
-    size = -(-len(jobs) // parts)
-    groups = [jobs[i:i + size] for i in range(0, len(jobs), size)]
 
     def run(group: list[tuple[Any, ...]]) -> list[Band]:
         return [fn(*args) for args in group]
 
-    assert pool is not None
+    if pool is None or len(jobs) < 2:
+        return run(jobs)
+    size = -(-len(jobs) // min(len(jobs), ENCODERS))
+    groups = [jobs[i:i + size] for i in range(0, len(jobs), size)]
     others = [pool.submit(run, group) for group in groups[1:]]
     bands = run(groups[0])
     for future in others:
