@@ -92,4 +92,10 @@ def fill_defaults(schema: Mapping[str, Any], body: dict[str, Any]) -> dict[str, 
 def with_defaults(schema_name: str, params: Mapping[str, Any]) -> dict[str, Any]:
     """`params` (checked against the component schema `schema_name` already, e.g. as a
     batch item) with the defaults of that schema's properties filled in."""
-    return fill_defaults({"$ref": f"#/components/schemas/{schema_name}"}, dict(params))
+    return fill_defaults(_component(schema_name), dict(params))
+
+
+@functools.cache
+def _component(schema_name: str) -> Mapping[str, Any]:
+    """A component schema, its `$ref` followed once (every input action asks)."""
+    return resolve({"$ref": f"#/components/schemas/{schema_name}"})
