@@ -12,7 +12,6 @@ import contextlib
 import json
 from collections.abc import AsyncGenerator
 from types import TracebackType
-from typing import Any
 
 from aiohttp import web
 
@@ -75,26 +74,11 @@ class SSEWriter:
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await self._response.write_eof()
 
-    async def send(
-        self, data: Any, *, id: int | str | None = None, event: str | None = None
-    ) -> None:
-        lines = []
-        if id is not None:
-            lines.append(f"id: {id}")
-        if event is not None:
-            lines.append(f"event: {event}")
-        lines.append("data: " + json.dumps(data, separators=(",", ":"), ensure_ascii=False))
-        await self._write(("\n".join(lines) + "\n\n").encode())
-
     async def event(self, event: StreamEvent) -> None:
-        if isinstance(event.data, bytes):
-            await self.send_json(event.data, id=event.id)
-        else:
-            await self.send(event.data, id=event.id)
-
-    async def send_json(self, body: bytes, *, id: int | None = None) -> None:
-        """An event whose data is `body`, JSON already serialized (one line)."""
-        head = b"data: " if id is None else b"id: %d\ndata: " % id
+        """One event: `id:` when it has one, its data as one `data:` line of JSON."""
+        body = event.data if isinstance(event.data, bytes) else json.dumps(
+            event.data, separators=(",", ":"), ensure_ascii=False).encode()
+        head = b"data: " if event.id is None else b"id: %d\ndata: " % event.id
         await self._write(b"".join((head, body, b"\n\n")))
 
     async def write_frame(self, frame: bytes) -> None:
@@ -135,5 +119,5 @@ async def stream(request: web.Request,
 
 
 def open_sse(request: web.Request) -> SSEWriter:
-    """`async with open_sse(request) as sse: await sse.send({...}, id=n)`."""
+    """`async with open_sse(request) as sse: await sse.event(StreamEvent({...}, n))`."""
     return SSEWriter(request, request.app[SETTINGS].sse_keepalive_s)
