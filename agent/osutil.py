@@ -87,32 +87,31 @@ def shown(path: str) -> str:
     return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
+# errno → the error a client sees: its class and message ({where}: the path, {action}:
+# what was being done, {reason}: the OS's words). Anything else is a FilesystemError.
+_OS_ERRORS: tuple[tuple[tuple[int, ...], type[AgentError], str], ...] = (
+    ((errno.ENOENT,), NotFound, "no such file or directory: {where}"),
+    ((errno.EACCES, errno.EPERM), Forbidden, "permission denied: cannot {action} {where}"),
+    ((errno.EROFS,), Forbidden, "read-only file system: cannot {action} {where}"),
+    ((errno.EEXIST,), Conflict, "already exists: {where}"),
+    ((errno.ENOTEMPTY, errno.EBUSY, errno.ETXTBSY), Conflict, "cannot {action} {where}: {reason}"),
+    ((errno.EISDIR,), BadRequest, "is a directory: {where}"),
+    ((errno.ENOTDIR,), BadRequest,
+     "not a directory: a component of {where} is not a directory"),
+    ((errno.ENOSPC, errno.EDQUOT), InsufficientStorage, "no space left to {action} {where}"),
+    ((errno.EFBIG,), PayloadTooLarge, "file too large: {where}"),
+    ((errno.ENAMETOOLONG, errno.ELOOP, errno.EINVAL, errno.EXDEV, errno.EMLINK, errno.ENXIO,
+      errno.ENODEV, errno.EOVERFLOW), BadRequest, "cannot {action} {where}: {reason}"),
+)
+
+
 def os_error(exc: OSError, path: str, action: str) -> AgentError:
     """The client-facing error for an OS failure of `action` on `path`."""
     where = shown(path)
     reason = exc.strerror or str(exc)
-    code = exc.errno
-    if code == errno.ENOENT:
-        return NotFound(f"no such file or directory: {where}")
-    if code in (errno.EACCES, errno.EPERM):
-        return Forbidden(f"permission denied: cannot {action} {where}")
-    if code == errno.EROFS:
-        return Forbidden(f"read-only file system: cannot {action} {where}")
-    if code == errno.EEXIST:
-        return Conflict(f"already exists: {where}")
-    if code in (errno.ENOTEMPTY, errno.EBUSY, errno.ETXTBSY):
-        return Conflict(f"cannot {action} {where}: {reason}")
-    if code == errno.EISDIR:
-        return BadRequest(f"is a directory: {where}")
-    if code == errno.ENOTDIR:
-        return BadRequest(f"not a directory: a component of {where} is not a directory")
-    if code in (errno.ENOSPC, errno.EDQUOT):
-        return InsufficientStorage(f"no space left to {action} {where}")
-    if code == errno.EFBIG:
-        return PayloadTooLarge(f"file too large: {where}")
-    if code in (errno.ENAMETOOLONG, errno.ELOOP, errno.EINVAL, errno.EXDEV, errno.EMLINK,
-                errno.ENXIO, errno.ENODEV, errno.EOVERFLOW):
-        return BadRequest(f"cannot {action} {where}: {reason}")
+    for codes, kind, message in _OS_ERRORS:
+        if exc.errno in codes:
+            return kind(message.format(where=where, action=action, reason=reason))
     log.warning("%s %s failed: %s", action, where, exc)
     return FilesystemError(f"cannot {action} {where}: {reason}")
 
