@@ -8,9 +8,10 @@
 #   4. exec Chromium, DevTools on loopback, with $CHROMIUM_FLAGS last (they win).
 set -eu
 
-STACK_HOME=${STACK_HOME:-$(cd "$(dirname "$0")/.." && pwd)}
+# stack-env.sh beside this file: `make run` may run a copy of both from a directory the
+# browser user can read (see STACK_LAUNCHERS).
 # shellcheck source=scripts/stack-env.sh
-. "$STACK_HOME/scripts/stack-env.sh"
+. "$(dirname "$0")/stack-env.sh"
 
 log() { echo "chromium-launch: $*"; }
 

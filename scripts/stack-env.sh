@@ -13,6 +13,8 @@
 # Settings of the stack only:
 #   STACK_HOME               where scripts/ and supervisor/ are installed    (/opt/browser-agent)
 #   STACK_AGENT_BIN          the daemon's executable                        ($STACK_HOME/venv/bin/browser-agent)
+#   STACK_LAUNCHERS          where Chromium's launcher runs from, as the browser user
+#                                                                           ($STACK_HOME/scripts)
 #   STACK_LOG_DIR            supervisord's and every program's log files    (/var/log/browser-agent)
 #   XVFB_SCREEN              screen size and depth                          (1920x1080x24)
 #   XVFB_ARGS                extra Xvfb arguments, split on blanks          ()
@@ -25,6 +27,7 @@
 
 : "${STACK_HOME:=/opt/browser-agent}"
 : "${STACK_AGENT_BIN:=$STACK_HOME/venv/bin/browser-agent}"
+: "${STACK_LAUNCHERS:=$STACK_HOME/scripts}"
 : "${STACK_LOG_DIR:=/var/log/browser-agent}"
 : "${AGENT_DISPLAY:=:1}"
 : "${AGENT_CDP_ADDRESS:=127.0.0.1:9223}"
@@ -48,7 +51,7 @@ STACK_USER_HOME=$(getent passwd "$AGENT_DEFAULT_USER" 2>/dev/null | cut -d: -f6)
 : "${CHROMIUM_START_URL:=about:blank}"
 : "${CHROMIUM_X_WAIT:=30}"
 
-export STACK_HOME STACK_AGENT_BIN STACK_LOG_DIR STACK_RUN_DIR STACK_SUPERVISORD_USER STACK_USER_HOME \
+export STACK_HOME STACK_AGENT_BIN STACK_LAUNCHERS STACK_LOG_DIR STACK_RUN_DIR STACK_SUPERVISORD_USER STACK_USER_HOME \
     AGENT_DISPLAY AGENT_CDP_ADDRESS AGENT_SUPERVISOR_SOCKET AGENT_DEFAULT_USER \
     AGENT_EXTENSIONS_DIR CHROMIUM_PROFILE_DIR XVFB_SCREEN XVFB_ARGS CHROMIUM_BIN \
     CHROMIUM_FLAGS CHROMIUM_SANDBOX CHROMIUM_START_URL CHROMIUM_X_WAIT

@@ -46,6 +46,20 @@ if [ -z "${AGENT_DISPLAY:-}" ]; then
     export AGENT_DISPLAY=":$n"
 fi
 
+# Chromium runs as the browser user, who may not be able to reach this checkout (one in a
+# private directory, such as `mktemp -d`'s): then its launcher runs from a copy in a
+# directory of root's that anyone can read (the browser user cannot change it).
+if [ "$(id -u)" = 0 ] && [ -z "${STACK_LAUNCHERS:-}" ] &&
+        ! runuser -u "$AGENT_DEFAULT_USER" -- test -r "$repo/scripts/chromium-launch.sh"; then
+    STACK_LAUNCHERS=$(mktemp -d /tmp/browser-agent-launchers.XXXXXX)
+    install -m 755 "$repo/scripts/chromium-launch.sh" "$STACK_LAUNCHERS/"
+    install -m 644 "$repo/scripts/stack-env.sh" "$STACK_LAUNCHERS/"
+    chmod 755 "$STACK_LAUNCHERS"
+    export STACK_LAUNCHERS
+    echo "run-local: $AGENT_DEFAULT_USER cannot read $repo; Chromium's launcher runs from" \
+        "a copy in $STACK_LAUNCHERS"
+fi
+
 # shellcheck source=scripts/stack-env.sh
 . "$repo/scripts/stack-env.sh"
 stack_prepare_dirs
