@@ -14,7 +14,6 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from agent.osutil import proc_stat
-from agent.processes.starter import Started
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +81,9 @@ def _kill(pid: int, sig: int) -> bool:
 
 
 class Child:
-    """A child started in a session of its own (by `subprocess` with `start_new_session`,
-    or by the starter), watched on the loop."""
+    """A child started in a session of its own (`launch.start`), watched on the loop."""
 
-    def __init__(self, popen: subprocess.Popen[bytes] | Started) -> None:
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
         self.popen = popen
         self.pid = popen.pid
         self.started = time.monotonic()

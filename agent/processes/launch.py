@@ -6,23 +6,28 @@ sane default (PATH, HOME, USER, LOGNAME, SHELL, LANG, DISPLAY, TERM on a termina
 request's `env` on top.
 
 Starting a child never forks the daemon (a fork copies its page tables, tens of
-milliseconds once it holds hundreds of MB): `subprocess` starts it with vfork when it
-needs nothing between fork and exec, and the small `starter` helper starts it when it
-switches user or takes a terminal.
+milliseconds once it holds hundreds of MB): `subprocess` starts every child with vfork, a
+child of another user from a thread that takes that user's identity for the call (see
+`credentials`), and a child on a terminal through util-linux's `setsid --ctty`, which
+makes the terminal its session's controlling one before exec'ing the command.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import functools
 import os
 import pwd
+import shutil
 import signal
+import stat
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from agent.errors import AgentError, BadRequest, Forbidden, Unavailable
-from agent.processes.starter import Request, Started, Starter
+from agent.processes import credentials
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 TERM = "xterm-256color"
@@ -179,42 +184,75 @@ def stop_ignoring_for_children() -> list[str]:
     return swapped
 
 
+@functools.cache
+def _setsid() -> str | None:
+    return shutil.which("setsid", path=DEFAULT_PATH)
+
+
 def start(
     launch: Launch,
     stdin: int,
     stdout: int,
     stderr: int,
     tty: bool = False,
-    starter: Starter | None = None,
-) -> subprocess.Popen[bytes] | Started:
+) -> subprocess.Popen[bytes]:
     """Start the command in a new session (with `tty`, stdin, a PTY slave, becomes its
-    controlling terminal); launch failures become 400s naming the field. A child that
-    switches user or takes a terminal is started by `starter`, any other by vfork."""
+    controlling terminal) as the launch's user; launch failures become 400s naming the
+    field."""
     ident = launch.identity
+    switch: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+    forked = ident.switch and not credentials.SUPPORTED  # subprocess's own switch: a fork
+    if ident.switch and not forked:
+        switch = credentials.as_user(ident.uid, ident.gid, ident.groups)
+    argv = launch.argv
     try:
-        if ident.switch or tty:
-            if starter is None:
-                raise Unavailable("this process needs the process starter, which is not set up")
-            request = Request(launch.argv, launch.env, launch.cwd,
-                              ident.uid if ident.switch else None,
-                              ident.gid if ident.switch else None, ident.groups, tty)
-            return starter.start(request, stdin, stdout, stderr)
-        return subprocess.Popen(
-            launch.argv,
-            stdin=stdin,
-            stdout=stdout,
-            stderr=stderr,
-            cwd=launch.cwd,
-            env=launch.env,
-            start_new_session=True,
-            close_fds=True,
-        )
+        with switch:
+            if tty:
+                setsid = _setsid()
+                if setsid is None:
+                    raise Unavailable("a terminal needs util-linux's setsid, not found")
+                _check_command(launch)  # setsid would only exit 127: say it now
+                argv = [setsid, "--ctty", *argv]
+            return subprocess.Popen(
+                argv,
+                stdin=stdin,
+                stdout=stdout,
+                stderr=stderr,
+                cwd=launch.cwd,
+                env=launch.env,
+                start_new_session=not tty,  # setsid must not lead a group, or it forks
+                close_fds=True,
+                user=ident.uid if forked else None,
+                group=ident.gid if forked else None,
+                extra_groups=ident.groups if forked else None,
+            )
     except AgentError:
         raise
     except OSError as exc:
         raise launch_error(launch, exc) from None
     except (ValueError, subprocess.SubprocessError) as exc:
         raise _bad("command", f"cannot be started: {exc}") from None
+
+
+def _check_command(launch: Launch) -> None:
+    """What exec would say of the command, as the calling thread's user: OSError naming
+    the command when no PATH entry (or the path itself) is an executable file."""
+    command = launch.argv[0]
+    if "/" in command:
+        candidates = [os.path.join(launch.cwd, command)]
+    else:
+        path = launch.env.get("PATH", os.defpath)
+        candidates = [os.path.join(entry or launch.cwd, command) for entry in path.split(":")]
+    found = errno.ENOENT
+    for candidate in candidates:
+        try:
+            mode = os.stat(candidate).st_mode
+        except OSError:
+            continue
+        if stat.S_ISREG(mode) and os.access(candidate, os.X_OK):
+            return
+        found = errno.EACCES
+    raise OSError(found, os.strerror(found), command)
 
 
 def launch_error(launch: Launch, exc: OSError) -> AgentError:

@@ -41,7 +41,6 @@ from agent.processes.orphans import OrphanReaper
 from agent.processes.output import CappedBuffer, OutputPump
 from agent.processes.process import ManagedProcess, TtySize, close_quietly
 from agent.processes.spool import Spool, SpoolDirectory, record_owner
-from agent.processes.starter import Starter
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +91,6 @@ class ProcessManager:
         self._stopping: asyncio.Task[None] | None = None
         self._orphans = OrphanReaper() if settings.adopt_orphans else None
         self._spools: SpoolDirectory | None = None
-        self._starter = Starter()
 
     def start(self) -> None:
         """With `adopt_orphans`, descendants that leave their session are adopted, reaped
@@ -103,11 +101,6 @@ class ProcessManager:
         if swapped:
             log.info("the daemon was started with %s ignored; processes it starts get "
                      "their default action", ", ".join(swapped))
-        if os.geteuid() == 0:  # it starts every process that switches user: have it ready
-            try:
-                self._starter.warm()
-            except OSError as exc:
-                log.warning("cannot start the process starter: %s", exc)
         try:  # now: it also stops what a daemon that died before this one left running
             self._spools = SpoolDirectory(self._settings.process_spool_dir)
         except OSError as exc:
@@ -179,7 +172,7 @@ class ProcessManager:
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         try:
-            popen = start(launch, subprocess.DEVNULL, out_w, err_w, starter=self._starter)
+            popen = start(launch, subprocess.DEVNULL, out_w, err_w)
         except BaseException:
             close_quietly(out_r, err_r)
             raise
@@ -250,7 +243,7 @@ class ProcessManager:
             owner = launch.identity.uid if launch.identity.switch else None
             master, slave = pty.open_pty(tty.rows, tty.cols, owner)
             try:
-                popen = start(launch, slave, slave, slave, tty=True, starter=self._starter)
+                popen = start(launch, slave, slave, slave, tty=True)
                 reader = os.dup(master)
             except BaseException:
                 close_quietly(master)
@@ -264,7 +257,7 @@ class ProcessManager:
             out_r, out_w = os.pipe()
             err_r, err_w = os.pipe()
             try:
-                popen = start(launch, in_r, out_w, err_w, starter=self._starter)
+                popen = start(launch, in_r, out_w, err_w)
             except BaseException:
                 close_quietly(in_w, out_r, err_r)
                 raise
@@ -314,7 +307,6 @@ class ProcessManager:
         if doomed:
             log.info("stopping %d processes", len(doomed))
         await terminate_all(doomed, self._settings.kill_grace_s)
-        await asyncio.to_thread(self._starter.close)
         if self._orphans is not None:
             await self._orphans.stop_all(self._settings.kill_grace_s)
 

@@ -6,7 +6,6 @@ import os
 import pwd
 import subprocess
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,16 +20,8 @@ from agent.processes.launch import (
     resolve_identity,
     start,
 )
-from agent.processes.starter import Starter
 
 ROOT = pwd.getpwuid(0)
-
-
-@pytest.fixture(scope="module")
-def starter() -> Iterator[Starter]:
-    helper = Starter()
-    yield helper
-    helper.close()
 
 
 def nobody() -> pwd.struct_passwd:
@@ -146,10 +137,10 @@ def _as_nobody(command: str, *args: str, cwd: str = "/") -> Launch:
                    default_user=None, tty=False)
 
 
-def _run(launch: Launch, starter: Starter) -> str:
+def _run(launch: Launch) -> str:
     read_end, write_end = os.pipe()
     try:
-        popen = start(launch, subprocess.DEVNULL, write_end, write_end, starter=starter)
+        popen = start(launch, subprocess.DEVNULL, write_end, write_end)
     finally:
         os.close(write_end)
     with os.fdopen(read_end, "rb") as output:
@@ -159,11 +150,11 @@ def _run(launch: Launch, starter: Starter) -> str:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching user needs root")
-def test_start_switches_user_groups_and_session(starter: Starter) -> None:
+def test_start_switches_user_groups_and_session() -> None:
     """As root, another user's process gets that user's uid, gid and groups (none beyond
     its own here), leads a new session, and the command keeps its argv."""
     text = _run(_as_nobody("sh", "-c", 'echo $(id -u) $(id -g) "$(id -G)"; '
-                                       'ps -o sid=,pgid= -p $$; echo "$0"'), starter)
+                                       'ps -o sid=,pgid= -p $$; echo "$0"'))
     ids, session, name = text.splitlines()
     assert ids == "65534 65534 65534"
     sid, pgid = session.split()
@@ -172,13 +163,13 @@ def test_start_switches_user_groups_and_session(starter: Starter) -> None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching user needs root")
-def test_launch_failures_as_another_user_name_the_field(starter: Starter) -> None:
+def test_launch_failures_as_another_user_name_the_field() -> None:
     with tempfile.TemporaryDirectory() as scratch:  # pytest's own tmp is root-only
         os.chmod(scratch, 0o755)
-        check_failures_as_nobody(Path(scratch), starter)
+        check_failures_as_nobody(Path(scratch))
 
 
-def check_failures_as_nobody(tmp_path: Path, starter: Starter) -> None:
+def check_failures_as_nobody(tmp_path: Path) -> None:
     private = tmp_path / "root-only"
     private.write_text("#!/bin/sh\necho hi\n")
     private.chmod(0o700)
@@ -188,28 +179,28 @@ def check_failures_as_nobody(tmp_path: Path, starter: Starter) -> None:
                           (str(tmp_path), "bad_request")):
         with pytest.raises(BadRequest) as info:
             start(_as_nobody(command), subprocess.DEVNULL, subprocess.DEVNULL,
-                  subprocess.DEVNULL, starter=starter)
+                  subprocess.DEVNULL)
         assert info.value.code == code, command
         assert info.value.details and info.value.details[0]["field"] == "command"
     closed = tmp_path / "closed"
     closed.mkdir(mode=0o700)  # root's: the user cannot enter it
     with pytest.raises(BadRequest) as info:
         start(_as_nobody("true", cwd=str(closed)), subprocess.DEVNULL, subprocess.DEVNULL,
-              subprocess.DEVNULL, starter=starter)
+              subprocess.DEVNULL)
     assert info.value.details and info.value.details[0]["field"] == "cwd"
     private.chmod(0o755)
-    assert _run(_as_nobody(str(private)), starter) == "hi\n"
-    assert _run(_as_nobody("./root-only", cwd=str(tmp_path)), starter) == "hi\n"
+    assert _run(_as_nobody(str(private))) == "hi\n"
+    assert _run(_as_nobody("./root-only", cwd=str(tmp_path))) == "hi\n"
 
 
-def test_a_terminal_becomes_the_controlling_terminal(starter: Starter) -> None:
+def test_a_terminal_becomes_the_controlling_terminal() -> None:
     from agent.processes import pty
 
     master, slave = pty.open_pty(24, 80)
     try:
         launch = _launch("sh")
         launch.argv.extend(["-c", "tty; ps -o sid=,tty= -p $$; echo $$"])
-        popen = start(launch, slave, slave, slave, tty=True, starter=starter)
+        popen = start(launch, slave, slave, slave, tty=True)
         os.close(slave)
         output = b""
         while True:
