@@ -35,6 +35,7 @@ import pytest
 import websockets
 from helpers import Chromium, async_wait_until, free_port, parse_sse, wait_until
 from PIL import Image
+from replay_support import SMALL_H, SMALL_W, decode_errors, frames, probe
 
 pytestmark = [
     pytest.mark.image,
@@ -347,6 +348,29 @@ def test_exec_runs_as_the_browser_user(box: Container) -> None:
     result = box.json("POST", "/process/exec", {"command": "id", "args": ["-un"]})
     assert result["exit_code"] == 0, result
     assert base64.b64decode(result["stdout_b64"]) == b"browser\n"
+
+
+def test_a_replay_records_with_the_images_ffmpeg(box: Container, tmp_path: Path) -> None:
+    """The image's ffmpeg (slimmed: no Intel hardware runtime) grabs the screen and
+    encodes H.264; the file is read back with the host's ffmpeg."""
+    status, _, raw = box.request("POST", "/replays", {"framerate": 10})
+    assert status == 201, raw[:300]
+    replay_id = json.loads(raw)["replay_id"]
+    began = time.monotonic()
+    wait_until(lambda: time.monotonic() - began >= 2, timeout=10, what="2 s of recording")
+    assert box.request("POST", f"/replays/{replay_id}/stop", {})[0] == 200
+    wait_until(lambda: box.request("GET", f"/replays/{replay_id}")[0] == 200, timeout=30,
+               what="the video to be ready")
+    status, headers, video = box.request("GET", f"/replays/{replay_id}")
+    assert status == 200 and headers["Content-Type"] == "video/mp4"
+    path = tmp_path / "replay.mp4"
+    path.write_bytes(video)
+    info = probe(path)
+    assert info.codec == "h264" and (info.width, info.height) == (SCREEN_W, SCREEN_H)
+    assert info.frames >= 10, info
+    assert decode_errors(path) == ""
+    last = Image.frombytes("RGB", (SMALL_W, SMALL_H), frames(path)[-1])
+    assert len(last.getcolors(maxcolors=1 << 16) or []) >= 10  # Chromium, not a blank X
 
 
 def test_playwright_runs_under_the_images_node(box: Container) -> None:
