@@ -27,6 +27,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
@@ -62,6 +63,9 @@ def _set_ids(number: int, real: int, effective: int, saved: int) -> None:
 
 
 KEEP = 0xFFFFFFFF  # (uid_t) -1: leave that id as it is
+# One switch at a time: the dumpable flag read as a block begins is then the daemon's own,
+# not one a switch on another thread has just cleared.
+_LOCK = threading.Lock()
 
 
 @contextmanager
@@ -70,7 +74,13 @@ def as_user(uid: int, gid: int, groups: Sequence[int]) -> Iterator[None]:
     user's (a root daemon only). Raises OSError, with nothing changed, when the groups
     cannot be set (not root)."""
     assert NUMBERS is not None, "as_user on a machine whose system calls are not known"
-    _, setresuid, setresgid = NUMBERS
+    with _LOCK:
+        yield from _as_user(NUMBERS, uid, gid, groups)
+
+
+def _as_user(numbers: tuple[int, int, int], uid: int, gid: int,
+             groups: Sequence[int]) -> Iterator[None]:
+    _, setresuid, setresgid = numbers
     own_uids, own_gids, own_groups = os.getresuid(), os.getresgid(), os.getgroups()
     dumpable = libc().prctl(PR_GET_DUMPABLE, 0, 0, 0, 0)
     _set_groups(groups)
