@@ -21,7 +21,7 @@ from typing import IO, Any
 
 from agent.errors import AgentError, BrowserUnavailable, Unavailable
 from agent.processes.child import Child
-from agent.processes.launch import DEFAULT_PATH, Identity
+from agent.processes.launch import DEFAULT_PATH, Identity, acting_as
 
 log = logging.getLogger(__name__)
 
@@ -119,12 +119,11 @@ def _spawn(runtime: Runtime, executor: str, fd: int) -> subprocess.Popen[bytes]:
             "--result-cap", str(RESULT_CAP)]
     cwd = ident.home if os.path.isdir(ident.home) else "/"
     try:
-        return subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            cwd=cwd, env=runtime.environment(), start_new_session=True, pass_fds=(fd,),
-            user=ident.uid if ident.switch else None, group=ident.gid if ident.switch else None,
-            extra_groups=list(ident.groups) if ident.switch else None,
-        )
+        with acting_as(ident) as switch:
+            return subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                cwd=cwd, env=runtime.environment(), start_new_session=True, pass_fds=(fd,),
+                **switch)
     except OSError as exc:
         raise Unavailable(f"cannot start the Playwright worker ({runtime.node}): "
                           f"{exc.strerror or exc}", code="playwright_unavailable") from None

@@ -23,8 +23,9 @@ import shutil
 import signal
 import stat
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from agent.errors import AgentError, BadRequest, Forbidden, Unavailable
 from agent.processes import credentials
@@ -184,6 +185,20 @@ def stop_ignoring_for_children() -> list[str]:
     return swapped
 
 
+@contextlib.contextmanager
+def acting_as(ident: Identity) -> Iterator[dict[str, Any]]:
+    """For the `subprocess.Popen` in the block: the calling thread as `ident`'s user, so
+    the child is vforked as that user (see `credentials`); or, where that is not
+    available, the arguments for `subprocess`'s own switch (a fork of the daemon)."""
+    if not ident.switch:
+        yield {}
+    elif not credentials.SUPPORTED:
+        yield {"user": ident.uid, "group": ident.gid, "extra_groups": list(ident.groups)}
+    else:
+        with credentials.as_user(ident.uid, ident.gid, ident.groups):
+            yield {}
+
+
 @functools.cache
 def _setsid() -> str | None:
     return shutil.which("setsid", path=DEFAULT_PATH)
@@ -199,14 +214,9 @@ def start(
     """Start the command in a new session (with `tty`, stdin, a PTY slave, becomes its
     controlling terminal) as the launch's user; launch failures become 400s naming the
     field."""
-    ident = launch.identity
-    switch: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
-    forked = ident.switch and not credentials.SUPPORTED  # subprocess's own switch: a fork
-    if ident.switch and not forked:
-        switch = credentials.as_user(ident.uid, ident.gid, ident.groups)
     argv = launch.argv
     try:
-        with switch:
+        with acting_as(launch.identity) as switch:
             if tty:
                 setsid = _setsid()
                 if setsid is None:
@@ -222,9 +232,7 @@ def start(
                 env=launch.env,
                 start_new_session=not tty,  # setsid must not lead a group, or it forks
                 close_fds=True,
-                user=ident.uid if forked else None,
-                group=ident.gid if forked else None,
-                extra_groups=ident.groups if forked else None,
+                **switch,
             )
     except AgentError:
         raise

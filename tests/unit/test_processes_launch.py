@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import BadRequest, Forbidden, Unavailable
+from agent.processes import credentials
 from agent.processes.launch import (
     DEFAULT_PATH,
     Command,
@@ -160,6 +161,17 @@ def test_start_switches_user_groups_and_session() -> None:
     sid, pgid = session.split()
     assert sid == pgid  # its own session and group
     assert name == "sh"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching user needs root")
+def test_where_the_system_calls_are_unknown_subprocess_switches_user(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fallback (a fork) gives the same child: the user's ids and groups, no root."""
+    monkeypatch.setattr(credentials, "SUPPORTED", False)
+    script = "echo $(id -u) $(id -g) \"$(id -G)\"; grep CapPrm /proc/self/status"
+    ids, caps = _run(_as_nobody("sh", "-c", script)).splitlines()
+    assert ids == "65534 65534 65534"
+    assert int(caps.split()[1], 16) == 0
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching user needs root")
