@@ -104,7 +104,8 @@ def _launch(command: str, cwd: str = "/") -> Launch:
     return resolve(Command(command, cwd=cwd), display=":0", default_user=None, tty=False)
 
 
-def test_start_failures_name_the_field(tmp_path: Path) -> None:
+@pytest.mark.parametrize("tty", [False, True])  # a terminal's child: setsid --ctty
+def test_start_failures_name_the_field(tmp_path: Path, tty: bool) -> None:
     script = tmp_path / "not-executable"
     script.write_text("#!/bin/sh\n")
     cases = (
@@ -116,7 +117,7 @@ def test_start_failures_name_the_field(tmp_path: Path) -> None:
     for command, code in cases:
         launch = _launch(command)
         with pytest.raises(BadRequest) as info:
-            start(launch, subprocess.DEVNULL, subprocess.DEVNULL, subprocess.DEVNULL)
+            start(launch, subprocess.DEVNULL, subprocess.DEVNULL, subprocess.DEVNULL, tty=tty)
         assert info.value.code == code, command
         assert info.value.details and info.value.details[0]["field"] == "command"
 
@@ -175,13 +176,14 @@ def test_where_the_system_calls_are_unknown_subprocess_switches_user(
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching user needs root")
-def test_launch_failures_as_another_user_name_the_field() -> None:
+@pytest.mark.parametrize("tty", [False, True])
+def test_launch_failures_as_another_user_name_the_field(tty: bool) -> None:
     with tempfile.TemporaryDirectory() as scratch:  # pytest's own tmp is root-only
         os.chmod(scratch, 0o755)
-        check_failures_as_nobody(Path(scratch))
+        check_failures_as_nobody(Path(scratch), tty)
 
 
-def check_failures_as_nobody(tmp_path: Path) -> None:
+def check_failures_as_nobody(tmp_path: Path, tty: bool) -> None:
     private = tmp_path / "root-only"
     private.write_text("#!/bin/sh\necho hi\n")
     private.chmod(0o700)
@@ -191,43 +193,53 @@ def check_failures_as_nobody(tmp_path: Path) -> None:
                           (str(tmp_path), "bad_request")):
         with pytest.raises(BadRequest) as info:
             start(_as_nobody(command), subprocess.DEVNULL, subprocess.DEVNULL,
-                  subprocess.DEVNULL)
+                  subprocess.DEVNULL, tty=tty)
         assert info.value.code == code, command
         assert info.value.details and info.value.details[0]["field"] == "command"
     closed = tmp_path / "closed"
     closed.mkdir(mode=0o700)  # root's: the user cannot enter it
     with pytest.raises(BadRequest) as info:
         start(_as_nobody("true", cwd=str(closed)), subprocess.DEVNULL, subprocess.DEVNULL,
-              subprocess.DEVNULL)
+              subprocess.DEVNULL, tty=tty)
     assert info.value.details and info.value.details[0]["field"] == "cwd"
     private.chmod(0o755)
-    assert _run(_as_nobody(str(private))) == "hi\n"
-    assert _run(_as_nobody("./root-only", cwd=str(tmp_path))) == "hi\n"
+    for launch in (_as_nobody(str(private)), _as_nobody("./root-only", cwd=str(tmp_path))):
+        output = _on_terminal(launch)[0] if tty else _run(launch)
+        assert output.strip() == "hi"
 
 
-def test_a_terminal_becomes_the_controlling_terminal() -> None:
+def _on_terminal(launch: Launch) -> tuple[str, int]:
+    """Run on a new PTY as its controlling terminal: what it wrote there, and its pid."""
     from agent.processes import pty
 
-    master, slave = pty.open_pty(24, 80)
+    master, slave = pty.open_pty(24, 80, launch.identity.uid if launch.identity.switch else None)
     try:
-        launch = _launch("sh")
-        launch.argv.extend(["-c", "tty; ps -o sid=,tty= -p $$; echo $$"])
         popen = start(launch, slave, slave, slave, tty=True)
         os.close(slave)
+        slave = -1
         output = b""
         while True:
             try:
                 data = os.read(master, 4096)
-            except OSError:
+            except OSError:  # EIO: every slave end is closed
                 break
             if not data:
                 break
             output += data
-        assert popen.wait(10) == 0
+        assert popen.wait(10) == 0, output
     finally:
         os.close(master)
-    terminal, session, pid = output.decode().split("\r\n")[:3]
+        if slave >= 0:
+            os.close(slave)
+    return output.decode(), popen.pid
+
+
+def test_a_terminal_becomes_the_controlling_terminal() -> None:
+    launch = _launch("sh")
+    launch.argv.extend(["-c", "tty; ps -o sid=,tty= -p $$; echo $$"])
+    output, child = _on_terminal(launch)
+    terminal, session, pid = output.split("\r\n")[:3]
     assert terminal.startswith("/dev/pts/")
     sid, tty_name = session.split()
-    assert sid == pid == str(popen.pid)  # session leader, no extra fork by the helper
+    assert sid == pid == str(child)  # session leader: setsid did not fork
     assert terminal.endswith(tty_name.removeprefix("pts/"))
