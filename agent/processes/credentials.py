@@ -29,7 +29,8 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from typing import Any
 
 from agent.osutil import libc
 
@@ -74,35 +75,30 @@ def as_user(uid: int, gid: int, groups: Sequence[int]) -> Iterator[None]:
     user's (a root daemon only). Raises OSError, with nothing changed, when the groups
     cannot be set (not root)."""
     assert NUMBERS is not None, "as_user on a machine whose system calls are not known"
-    with _LOCK:
-        yield from _as_user(NUMBERS, uid, gid, groups)
-
-
-def _as_user(numbers: tuple[int, int, int], uid: int, gid: int,
-             groups: Sequence[int]) -> Iterator[None]:
-    _, setresuid, setresgid = numbers
-    own_uids, own_gids, own_groups = os.getresuid(), os.getresgid(), os.getgroups()
-    dumpable = libc().prctl(PR_GET_DUMPABLE, 0, 0, 0, 0)
-    _set_groups(groups)
-    try:
+    _, setresuid, setresgid = NUMBERS
+    with _LOCK, ExitStack() as back:  # each change's undo, run in the reverse order
+        back.callback(_keep_dumpable, libc().prctl(PR_GET_DUMPABLE, 0, 0, 0, 0))
+        own_groups = os.getgroups()
+        _set_groups(groups)
+        back.callback(_come_back, _set_groups, own_groups)
+        own_gids = os.getresgid()
         _set_ids(setresgid, gid, gid, KEEP)
-        try:
-            _set_ids(setresuid, uid, uid, KEEP)
-            try:
-                yield
-            finally:
-                _come_back(lambda: _set_ids(setresuid, *own_uids))
-        finally:
-            _come_back(lambda: _set_ids(setresgid, *own_gids))
-    finally:
-        _come_back(lambda: _set_groups(own_groups))
-        if dumpable > 0 and libc().prctl(PR_GET_DUMPABLE, 0, 0, 0, 0) != dumpable:
-            libc().prctl(PR_SET_DUMPABLE, dumpable, 0, 0, 0)
+        back.callback(_come_back, _set_ids, setresgid, *own_gids)
+        own_uids = os.getresuid()
+        _set_ids(setresuid, uid, uid, KEEP)
+        back.callback(_come_back, _set_ids, setresuid, *own_uids)
+        yield
 
 
-def _come_back(restore: Callable[[], None]) -> None:
+def _keep_dumpable(dumpable: int) -> None:
+    """Put back the flag the kernel cleared as the effective ids changed."""
+    if dumpable > 0 and libc().prctl(PR_GET_DUMPABLE, 0, 0, 0, 0) != dumpable:
+        libc().prctl(PR_SET_DUMPABLE, dumpable, 0, 0, 0)
+
+
+def _come_back(restore: Callable[..., None], *args: Any) -> None:
     try:
-        restore()
+        restore(*args)
     except OSError as exc:  # the thread would go on as the user: stop here
         log.critical("cannot take back the daemon's own identity: %s", exc)
         os.abort()

@@ -215,14 +215,15 @@ def start(
     controlling terminal) as the launch's user; launch failures become 400s naming the
     field."""
     argv = launch.argv
+    if tty:
+        setsid = _setsid()
+        if setsid is None:
+            raise Unavailable("a terminal needs util-linux's setsid, not found")
+        argv = [setsid, "--ctty", *argv]
     try:
         with acting_as(launch.identity) as switch:
             if tty:
-                setsid = _setsid()
-                if setsid is None:
-                    raise Unavailable("a terminal needs util-linux's setsid, not found")
-                _check_command(launch)  # setsid would only exit 127: say it now
-                argv = [setsid, "--ctty", *argv]
+                _check_command(launch)  # as the user; setsid would only exit 127: say it now
             return subprocess.Popen(
                 argv,
                 stdin=stdin,
@@ -244,7 +245,9 @@ def start(
 
 def _check_command(launch: Launch) -> None:
     """What exec would say of the command, as the calling thread's user: OSError naming
-    the command when no PATH entry (or the path itself) is an executable file."""
+    the command when no PATH entry (or the path itself) is an executable file. (Not
+    `shutil.which`: it cannot tell a missing command from one that is not executable, and
+    it reads a relative path from the daemon's directory, not the child's.)"""
     command = launch.argv[0]
     if "/" in command:
         candidates = [os.path.join(launch.cwd, command)]
