@@ -5,7 +5,8 @@
 #   2. clear the profile's Singleton* locks left behind by a crash or a kill;
 #   3. load every unpacked extension under $AGENT_EXTENSIONS_DIR (one directory each,
 #      with a manifest.json), so adding one and restarting this program is enough;
-#   4. exec Chromium, DevTools on loopback, with $CHROMIUM_FLAGS last (they win).
+#   4. turn motion down (CHROMIUM_REDUCED_MOTION, on by default);
+#   5. exec Chromium, DevTools on loopback, with $CHROMIUM_FLAGS last (they win).
 set -eu
 
 # stack-env.sh beside this file: `make run` may run a copy of both from a directory the
@@ -63,7 +64,23 @@ if [ -d "$AGENT_EXTENSIONS_DIR" ]; then
     done
 fi
 
-# 4. The command line.
+# 4. Reduced motion: GTK's gtk-enable-animations=false, from a settings.ini in a directory
+# put first in XDG_CONFIG_DIRS (the user's own ~/.config/gtk-3.0/settings.ini still wins).
+# Chromium reads it as the system's "reduce motion": its own UI stops animating (the tab's
+# loading throbber, the fades), which otherwise keeps the screen changing for 100-250 ms
+# after a page is drawn and delays every settle-waiting screenshot; pages see
+# `prefers-reduced-motion: reduce`, as with Playwright's reducedMotion option.
+case $CHROMIUM_REDUCED_MOTION in
+    on | 1 | true | yes)
+        xdg="$CHROMIUM_PROFILE_DIR/StackXdg"
+        mkdir -p "$xdg/gtk-3.0"
+        printf '[Settings]\ngtk-enable-animations=false\n' >"$xdg/gtk-3.0/settings.ini"
+        export XDG_CONFIG_DIRS="$xdg:${XDG_CONFIG_DIRS:-/etc/xdg}"
+        ;;
+    *) rm -rf "$CHROMIUM_PROFILE_DIR/StackXdg" ;;
+esac
+
+# 5. The command line.
 if [ -z "$CHROMIUM_BIN" ]; then
     for candidate in /usr/lib/chromium/chromium chromium chromium-browser google-chrome; do
         if command -v "$candidate" >/dev/null 2>&1; then CHROMIUM_BIN=$candidate; break; fi

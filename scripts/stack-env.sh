@@ -23,6 +23,8 @@
 #   CHROMIUM_FLAGS           extra Chromium flags, split on blanks, last    ()
 #   CHROMIUM_SANDBOX         auto, on or off (auto: on when the user may make namespaces)
 #   CHROMIUM_START_URL       the page Chromium opens                        (about:blank)
+#   CHROMIUM_REDUCED_MOTION  on or off: Chromium's UI stops animating, pages see
+#                            prefers-reduced-motion: reduce                 (on)
 #   CHROMIUM_X_WAIT          seconds Chromium's launcher waits for X        (30)
 
 : "${STACK_HOME:=/opt/browser-agent}"
@@ -49,12 +51,13 @@ STACK_USER_HOME=$(getent passwd "$AGENT_DEFAULT_USER" 2>/dev/null | cut -d: -f6)
 : "${CHROMIUM_FLAGS:=}"
 : "${CHROMIUM_SANDBOX:=auto}"
 : "${CHROMIUM_START_URL:=about:blank}"
+: "${CHROMIUM_REDUCED_MOTION:=on}"
 : "${CHROMIUM_X_WAIT:=30}"
 
 export STACK_HOME STACK_AGENT_BIN STACK_LAUNCHERS STACK_LOG_DIR STACK_RUN_DIR STACK_SUPERVISORD_USER STACK_USER_HOME \
     AGENT_DISPLAY AGENT_CDP_ADDRESS AGENT_SUPERVISOR_SOCKET AGENT_DEFAULT_USER \
     AGENT_EXTENSIONS_DIR CHROMIUM_PROFILE_DIR XVFB_SCREEN XVFB_ARGS CHROMIUM_BIN \
-    CHROMIUM_FLAGS CHROMIUM_SANDBOX CHROMIUM_START_URL CHROMIUM_X_WAIT
+    CHROMIUM_FLAGS CHROMIUM_SANDBOX CHROMIUM_START_URL CHROMIUM_REDUCED_MOTION CHROMIUM_X_WAIT
 
 # Directories the stack writes to, owned by who writes them. Needs root when they are
 # under /run or /var/log (as in the image and on a VM).

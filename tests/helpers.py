@@ -154,6 +154,7 @@ class Chromium:
     height: int
     port: int = 0
     extra_flags: tuple[str, ...] = ()
+    reduced_motion: bool = False  # as the stack's launcher does (CHROMIUM_REDUCED_MOTION)
     proc: subprocess.Popen[bytes] | None = None
     profile: str = ""
     _page_id: str = ""
@@ -170,6 +171,11 @@ class Chromium:
             self.profile = tempfile.mkdtemp(prefix="agent-test-profile-")
             self._own_profile = True
         env = {**os.environ, "DISPLAY": self.display}
+        if self.reduced_motion:
+            xdg = Path(self.profile) / "StackXdg"
+            (xdg / "gtk-3.0").mkdir(parents=True, exist_ok=True)
+            (xdg / "gtk-3.0/settings.ini").write_text("[Settings]\ngtk-enable-animations=false\n")
+            env["XDG_CONFIG_DIRS"] = f"{xdg}:{os.environ.get('XDG_CONFIG_DIRS', '/etc/xdg')}"
         self.proc = subprocess.Popen(
             ["chromium", *CHROMIUM_FLAGS, f"--user-data-dir={self.profile}",
              f"--remote-debugging-port={self.port}", "--remote-debugging-address=127.0.0.1",
@@ -256,8 +262,10 @@ def running_xvfb(width: int = 1280, height: int = 800) -> Iterator[Xvfb]:
 
 @contextlib.contextmanager
 def running_chromium(display: str, width: int, height: int,
-                     extra_flags: tuple[str, ...] = ()) -> Iterator[Chromium]:
-    browser = Chromium(display, width, height, extra_flags=extra_flags)
+                     extra_flags: tuple[str, ...] = (),
+                     reduced_motion: bool = False) -> Iterator[Chromium]:
+    browser = Chromium(display, width, height, extra_flags=extra_flags,
+                       reduced_motion=reduced_motion)
     browser.start()
     try:
         yield browser

@@ -7,14 +7,23 @@ from __future__ import annotations
 import asyncio
 import io
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from common import SCREEN_H, SCREEN_W
 from computer_support import open_page, post, screen_point
-from helpers import Chromium, Xvfb, async_wait_until, cdp_call, free_port
+from helpers import (
+    Chromium,
+    Xvfb,
+    async_wait_until,
+    cdp_call,
+    free_port,
+    running_chromium,
+    running_xvfb,
+)
 from PIL import Image
 
 TRIES = 20
@@ -27,6 +36,15 @@ SETTLE_MS = 400
 async def client(make_client: Any, chromium: Chromium, xvfb: Xvfb) -> TestClient[Any, Any]:
     c: TestClient[Any, Any] = await make_client(display=xvfb.name, cdp_proxy_port=0)
     return c
+
+
+@pytest.fixture(scope="module")
+def calm_chromium() -> Iterator[Chromium]:
+    """Chromium with reduced motion, as the stack starts it (CHROMIUM_REDUCED_MOTION), on
+    an Xvfb of its own: its tab's loading indicator must still mark a page that loads."""
+    with running_xvfb(SCREEN_W, SCREEN_H) as display, \
+            running_chromium(display.name, SCREEN_W, SCREEN_H, reduced_motion=True) as browser:
+        yield browser
 
 
 class Site:
@@ -214,10 +232,18 @@ async def test_new_tab_then_url_arrives_every_time_with_wait(
     assert outcomes["settle"] == f"{TRIES}/{TRIES}"
 
 
+@pytest.mark.parametrize("motion", ["stock", "reduced"])
 async def test_click_to_slow_page_then_settled_screenshot_shows_it(
-        client: Any, chromium: Chromium, site: Site) -> None:
+        make_client: Any, request: pytest.FixtureRequest, site: Site, motion: str) -> None:
     """One batch: click a link to a page answering after 400 ms, then a screenshot that
-    waits for the screen to settle: it shows the new (green) page every time."""
+    waits for the screen to settle: it shows the new (green) page every time, with
+    Chromium's motion as shipped and reduced (the stack's default)."""
+    chromium: Chromium = request.getfixturevalue(
+        "chromium" if motion == "stock" else "calm_chromium")
+    client = await make_client(display=chromium.display, cdp_proxy_port=0)
+    await chromium.open("<h1>start</h1>")
+    reduced = await chromium.evaluate("matchMedia('(prefers-reduced-motion: reduce)').matches")
+    assert reduced is (motion == "reduced")
     green = 0
     waited = []
     for i in range(TRIES):
@@ -241,8 +267,8 @@ async def test_click_to_slow_page_then_settled_screenshot_shows_it(
         image = Image.open(io.BytesIO(data)).convert("RGB")
         if image.getpixel((ox + 600, oy + 300)) == (0, 160, 0):
             green += 1
-    print(f"\n[wait] slow page shown after click + settle screenshot: {green}/{TRIES}; "
-          f"waited {sorted(waited)} ms")
+    print(f"\n[wait] slow page shown after click + settle screenshot ({motion} motion): "
+          f"{green}/{TRIES}; waited {sorted(waited)} ms")
     assert green == TRIES
 
 

@@ -7,6 +7,7 @@ profile locks behind first, as a crash would, to see the launchers clear them.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import pwd
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from helpers import free_display, free_port, wait_until
+from helpers import cdp_call, free_display, free_port, wait_until
 from process_helpers import browser_user
 
 REPO = Path(__file__).resolve().parents[2]
@@ -140,6 +141,14 @@ def test_run_local_starts_the_stack_and_stops_cleanly(stack: Stack) -> None:
                   if line.startswith("chromium-launch: exec "))
     assert f"--remote-debugging-port={stack.cdp_port}" in launch
     assert "--window-size=1024,768" in launch
+    # Reduced motion by default (CHROMIUM_REDUCED_MOTION): GTK's setting reached Chromium,
+    # which tells pages so.
+    with urllib.request.urlopen(f"http://127.0.0.1:{stack.cdp_port}/json/list", timeout=5) as r:
+        page = next(t for t in json.loads(r.read()) if t["type"] == "page")
+    result = asyncio.run(cdp_call(page["webSocketDebuggerUrl"], "Runtime.evaluate", {
+        "expression": "matchMedia('(prefers-reduced-motion: reduce)').matches",
+        "returnByValue": True}))
+    assert result["result"]["value"] is True
 
     # Ctrl-C / SIGTERM: supervisord stops all three and exits 0, well within 10 s.
     start = time.monotonic()
