@@ -351,7 +351,7 @@ def test_exec_runs_as_the_browser_user(box: Container) -> None:
 
 
 def test_a_replay_records_with_the_images_ffmpeg(box: Container, tmp_path: Path) -> None:
-    """The image's ffmpeg (slimmed: no Intel hardware runtime) grabs the screen and
+    """The image's ffmpeg (built with only what the recorder uses) grabs the screen and
     encodes H.264; the file is read back with the host's ffmpeg."""
     status, _, raw = box.request("POST", "/replays", {"framerate": 10})
     assert status == 201, raw[:300]
