@@ -139,6 +139,23 @@ async def test_unchanged_screen_reuses_the_image_until_something_is_drawn(
         region = {"region": {"x": 0, "y": 0, "width": 64, "height": 64}}
         await async_wait_until(lambda: _reused(computer, region), timeout=10,
                                what="region reuse")
+
+        async def rebuilt_after_rest() -> bool:
+            """Once screenshots rest, the capture connection and the kept images go; the
+            full PNG of a screen still unchanged comes back from the bands, with no capture
+            (judged only when nothing was drawn in between)."""
+            await async_wait_until(lambda: _reused(computer), timeout=10, what="a quiet screen")
+            before = await computer.screenshot({})
+            await computer.reads.run(lambda s: s.release_idle())
+            assert not await computer.reads.run(lambda s: s.capturing)
+            after = await computer.screenshot({})
+            if await computer.reads.run(lambda s: s.capturing):
+                return False  # something was drawn: captured again
+            assert after.data == before.data and not after.reused
+            return True
+
+        await async_wait_until(rebuilt_after_rest, timeout=20,
+                               what="a rest with nothing drawn in between")
     finally:
         await computer.close()
 
