@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from computer import Client, Page, daemon
 from helpers import running_chromium, running_xvfb, wait_until
 from launcher import TOKEN
+from results import record
 
 WIDTH, HEIGHT = 1920, 1080
 BUTTON = (400, 300)  # screen point of the page's button (kiosk: page = screen)
@@ -163,6 +164,8 @@ def bench(page: Page, view: Page, client: Client, port: int, pid: int,
           + (f" [{failed} live rounds saw no change]" if failed else "")
           + (f" [{failed_baseline} baseline rounds saw no change]" if failed_baseline else ""))
     results.append(ok)
+    record("click -> pixels in the live viewer (median)", mo, "ms", baseline=mt, ratio=mt / mo,
+           target="<= 60 ms, every round", ok=ok)
 
     # 2. frames per second while the page scrolls continuously.
     page.eval("window.scrolling = true")
@@ -186,6 +189,8 @@ def bench(page: Page, view: Page, client: Client, port: int, pid: int,
           f"(target >= 20) {'PASS' if ok else 'FAIL'} [the page itself drew {painted:.1f}/s; "
           f"daemon CPU {cpu_per_frame:.1f} ms per frame]")
     results.append(ok)
+    record("live frames/s while scrolling", fps, "fps", baseline=polled / SCROLL_S,
+           ratio=fps / max(polled / SCROLL_S, 1e-9), target=">= 20", ok=ok)
 
     # 3. bytes per second on a still screen, as a second viewer (a plain WebSocket) sees.
     time.sleep(1.0)  # let the last scroll frames drain
@@ -228,6 +233,7 @@ def bench(page: Page, view: Page, client: Client, port: int, pid: int,
           f"in {STILL_S:g} s{seen}; WebSocket pings every 20 s) | one polled JPEG = "
           f"{polled_bytes} B | (target: keepalives only) {'PASS' if ok else 'FAIL'}")
     results.append(ok)
+    record("live bytes/s on a still screen", rate, "B/s", target="keepalives only (0)", ok=ok)
     return results
 
 

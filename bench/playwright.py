@@ -31,6 +31,7 @@ from helpers import running_chromium, running_xvfb
 from launcher import AUTH, running_daemon
 from playwright_support import runtime_dir_for
 from process_helpers import ensure_user
+from results import record
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -92,12 +93,13 @@ async def fresh_node(cdp: str, code: str, expected: Any) -> None:
 
 
 async def bench(base: str, cdp: str, rounds: int, fresh_rounds: int) -> None:
-    cases = [("return 1 + 1", 2), ("return await page.title()", "bench page")]
+    # (code, its answer, target median in ms)
+    cases = [("return 1 + 1", 2, 15.0), ("return await page.title()", "bench page", 25.0)]
     results: list[tuple[str, list[float], list[float]]] = []
     async with aiohttp.ClientSession(headers=AUTH) as session:
         await through_daemon(session, base, "await page.goto('data:text/html,"
                              "<title>bench page</title>'); return 1", 1)
-        for code, expected in cases:
+        for code, expected, _ in cases:
             ours = await timed(lambda c=code, e=expected: through_daemon(session, base, c, e),
                                rounds)
             theirs = await timed(lambda c=code, e=expected: fresh_node(cdp, c, e),
@@ -105,13 +107,16 @@ async def bench(base: str, cdp: str, rounds: int, fresh_rounds: int) -> None:
             results.append((code, ours, theirs))
     print(f"\nPOST /playwright/execute, {rounds} calls per case through the daemon, "
           f"{fresh_rounds} fresh node processes per case")
-    for code, ours, theirs in results:
+    for (code, ours, theirs), (_, _, limit) in zip(results, cases, strict=True):
+        median, baseline = summary(ours)[0], summary(theirs)[0]
+        ok = median <= limit
         print(f"\n  {code}")
         print("  " + row("through the daemon (warm worker, HTTP)", ours))
         print("  " + row("fresh node + connectOverCDP per call", theirs))
-        print(f"  {'per-call cost / daemon (median)':<54} "
-              f"{summary(theirs)[0] / summary(ours)[0]:9.1f}x")
-    print("\n  targets: `return 1 + 1` median <= 15 ms, `page.title()` median <= 25 ms")
+        print(f"  {'per-call cost / daemon (median)':<54} {baseline / median:9.1f}x")
+        print(f"  {'OK  ' if ok else 'MISS'} median <= {limit:g} ms")
+        record(f"execute `{code}` (median)", median, "ms", baseline=baseline,
+               ratio=baseline / median, target=f"<= {limit:g} ms", ok=ok)
 
 
 def main() -> None:

@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from launcher import AUTH, start_daemon  # noqa: E402
 from process_helpers import browser_user  # noqa: E402
+from results import record  # noqa: E402
 
 BALLAST = 500 << 20
 # A daemon that first makes `n` bytes resident: what a long-running daemon holds.
@@ -426,6 +427,21 @@ async def main() -> int:
          f"{late['bytes']} B, {late['gaps']} gaps", "",
          verdict("late", "every byte")),
     ]
+    record("exec `true` (median)", ex["http"]["median"], "ms",
+           baseline=ex["local"]["median"], target="<= 10 ms", ok=ok["exec"])
+    if user:
+        record("exec `true` as the browser user, idle daemon (median)", user["idle"]["median"],
+               "ms", baseline=user["root"]["median"], target="<= 3 ms", ok=ok["user"])
+        record(f"exec `true` as the browser user, daemon at {user['big']['rss_mb']:.0f} MB "
+               "(median)", user["big"]["median"], "ms", baseline=user["fork"]["median"],
+               ratio=user["fork"]["median"] / user["big"]["median"], target="<= 3 ms",
+               ok=ok["user"])
+    record("stream of a process's output", st["mb_s"], "MB/s", baseline=st["local_mb_s"],
+           target=">= 170 MB/s, every byte", ok=ok["stream"])
+    record(f"{args.procs} spawns x {args.each_bytes} B at once: daemon peak RSS",
+           many["peak_rss_mb"], "MB", target="<= 200 MB, every byte", ok=ok["many"])
+    record(f"late reader of {args.late_bytes} B: bytes", late["bytes"], "B",
+           target="every byte", ok=ok["late"])
     widths = [max(len(row[i]) for row in rows) + 2 for i in range(3)]
     print(f"processes benchmark: daemon `python -m agent`, {os.cpu_count()} CPUs, "
           f"Python {sys.version.split()[0]}")

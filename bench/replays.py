@@ -47,6 +47,7 @@ from agent.replays.recorder import record_argv
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from helpers import Chromium, running_chromium, running_xvfb
 from launcher import TOKEN, running_daemon
+from results import record
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -279,6 +280,9 @@ def encoder_settings(display: str, seconds: float, work: Path) -> None:
         cores10 = 10 * (per_frame + grab_per_frame)
         print(f"{label:<38} {per_frame * 1000:>8.1f} {cores30:>8.2f} {cores10:>8.2f} "
               f"{kb_frame:>8.1f}" + (f"   encode x{per_frame / ours:.2f}" if index else ""))
+        if index == len(VARIANTS) - 1:  # the baseline, against ours
+            record("encode CPU per frame, the recorder's settings", ours * 1000, "ms",
+                   baseline=per_frame * 1000, ratio=per_frame / ours if ours else None)
 
 
 def row(r: Result) -> str:
@@ -316,9 +320,15 @@ def main() -> None:
         print(header)
         for result in results:
             print(row(result))
+            fps = f"{result.nominal_fps:g} fps"
+            record(f"recording at {fps}: CPU (ffmpeg and daemon)", result.cores, "cores")
+            record(f"recording at {fps}: frames achieved", result.achieved_fps, "fps",
+                   baseline=result.painted_fps)
+            record(f"recording at {fps}: size", result.mb_per_min, "MB/min")
         print(f"stop-to-download after a {args.long:.0f} s recording at 10 fps "
               f"({size / 1e6:.1f} MB): stop answered in {stopped:.3f} s, first byte of the "
               f"download at {first:.3f} s")
+        record(f"stop -> first byte of the download, {args.long:.0f} s recording", first, "s")
         for line in log.read_text(errors="replace").splitlines():
             if long_id in line and "finished" in line:
                 print("  the daemon's log:", line.split(" - ")[-1].strip())

@@ -22,7 +22,7 @@ from typing import Any
 from results import RESULTS_ENV
 
 HERE = Path(__file__).resolve().parent
-NOT_BENCHES = {"results", "run_all"}
+NOT_BENCHES = {"results", "run_all", "launcher"}  # modules the benches share
 
 
 def benches(only: list[str]) -> list[Path]:

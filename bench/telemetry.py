@@ -34,6 +34,7 @@ from aiohttp import web
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from helpers import free_port, running_chromium, running_xvfb
 from launcher import AUTH, devtools_ok, running_daemon
+from results import record
 
 CATEGORIES = ("console", "network", "page", "interaction")
 GIF = bytes.fromhex("47494638396101000100800000000000ffffff21f90401000000002c00000000"
@@ -247,6 +248,14 @@ async def bench(rounds: int, base: str, chromium: str) -> None:
     print(f"{'10,000 console.log: last one delivered after':<62} {seconds:9.2f} s "
           f"  (target: all within 2 s)")
     print(f"{'  floor: a bare DevTools client gets the last one after':<62} {floor:9.2f} s")
+    for mode in MODES[1:]:
+        median = statistics.median(loads[mode])
+        target = {"all categories": "<= 1.10x off"}.get(mode)
+        record(f"page with 100 subresources, telemetry {mode}", median, "ms", baseline=off,
+               ratio=median / off, target=target,
+               ok=None if target is None else median / off <= 1.10)
+    record("10,000 console.log: last one delivered after", seconds, "s", baseline=floor,
+           target="<= 2 s, all delivered", ok=seconds <= 2 and delivered == 10_000)
 
 
 def main() -> None:
