@@ -14,6 +14,7 @@ from aiohttp import web
 
 from agent.app import create_app, limit_connections, server_options
 from agent.config import ConfigError, Settings, check_identity, load_settings
+from agent.osutil import single_malloc_arena
 
 SECRET_VARIABLES = ("AGENT_API_TOKEN", "AGENT_API_TOKENS")
 
@@ -27,6 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     for name in SECRET_VARIABLES:  # read once; nothing later in this process needs them
         os.environ.pop(name, None)
+    single_malloc_arena()  # before any thread: freed memory can go back (osutil)
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
