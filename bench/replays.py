@@ -320,7 +320,7 @@ def main() -> None:
         print(header)
         for result in results:
             print(row(result))
-            fps = f"{result.nominal_fps:g} fps"
+            fps = f"{round(result.nominal_fps)} fps"
             record(f"recording at {fps}: CPU (ffmpeg and daemon)", result.cores, "cores")
             record(f"recording at {fps}: frames achieved", result.achieved_fps, "fps",
                    baseline=result.painted_fps)
