@@ -114,7 +114,10 @@ class SSE:
         self.reader = SSEReader(self.resp)
 
     async def next(self, timeout: float = 20) -> Event | None:
-        frame = await self.reader.event(timeout)
+        """The next event, None at the end; TimeoutError after `timeout` in all (the
+        stream's keepalive comments do not extend it)."""
+        async with asyncio.timeout(timeout):
+            frame = await self.reader.event(timeout)
         if frame is None:
             self.ended = True
             return None
@@ -129,8 +132,13 @@ class SSE:
         deadline = time.monotonic() + timeout
         while needle not in self.output(stream):
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or await self.next(remaining) is None:
-                raise AssertionError(f"{needle!r} never came; got {self.output(stream)!r}")
+            try:
+                ended = remaining <= 0 or await self.next(remaining) is None
+            except TimeoutError:
+                ended = True
+            if ended:
+                raise AssertionError(f"{needle!r} never came in {timeout:g} s; got "
+                                     f"{self.output(stream)!r}; events {self.events[-5:]}")
         return self.output(stream)
 
     async def rest(self, timeout: float = 30) -> list[Event]:
