@@ -66,9 +66,9 @@ fi
 
 # 4. Reduced motion: GTK's gtk-enable-animations=false, from a settings.ini in a directory
 # put first in XDG_CONFIG_DIRS (the user's own ~/.config/gtk-3.0/settings.ini still wins).
-# Chromium reads it as the system's "reduce motion": its own UI stops animating (the tab's
-# loading throbber, the fades), which otherwise keeps the screen changing for 100-250 ms
-# after a page is drawn and delays every settle-waiting screenshot; pages see
+# Chromium reads it as the system's "reduce motion": the tab's loading throbber stops as
+# soon as a page is drawn instead of running on ~220 ms, which delayed every
+# settle-waiting screenshot (the link status bubble still fades out); pages see
 # `prefers-reduced-motion: reduce`, as with Playwright's reducedMotion option.
 case $CHROMIUM_REDUCED_MOTION in
     on | 1 | true | yes)

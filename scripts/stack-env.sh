@@ -23,8 +23,9 @@
 #   CHROMIUM_FLAGS           extra Chromium flags, split on blanks, last    ()
 #   CHROMIUM_SANDBOX         auto, on or off (auto: on when the user may make namespaces)
 #   CHROMIUM_START_URL       the page Chromium opens                        (about:blank)
-#   CHROMIUM_REDUCED_MOTION  on or off: Chromium's UI stops animating, pages see
-#                            prefers-reduced-motion: reduce                 (on)
+#   CHROMIUM_REDUCED_MOTION  on or off: GTK's reduced motion for Chromium (its loading
+#                            throbber stops with the page; pages see
+#                            prefers-reduced-motion: reduce)                (on)
 #   CHROMIUM_X_WAIT          seconds Chromium's launcher waits for X        (30)
 
 : "${STACK_HOME:=/opt/browser-agent}"

@@ -143,9 +143,17 @@ def test_run_local_starts_the_stack_and_stops_cleanly(stack: Stack) -> None:
     assert "--window-size=1024,768" in launch
     # Reduced motion by default (CHROMIUM_REDUCED_MOTION): GTK's setting reached Chromium,
     # which tells pages so.
-    with urllib.request.urlopen(f"http://127.0.0.1:{stack.cdp_port}/json/list", timeout=5) as r:
-        page = next(t for t in json.loads(r.read()) if t["type"] == "page")
-    result = asyncio.run(cdp_call(page["webSocketDebuggerUrl"], "Runtime.evaluate", {
+    def page_target() -> str:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{stack.cdp_port}/json/list",
+                                        timeout=5) as resp:
+                targets = json.loads(resp.read())
+        except OSError:
+            return ""
+        return next((t["webSocketDebuggerUrl"] for t in targets if t["type"] == "page"), "")
+
+    page_ws = wait_until(page_target, timeout=15, what="Chromium's DevTools to list a page")
+    result = asyncio.run(cdp_call(page_ws, "Runtime.evaluate", {
         "expression": "matchMedia('(prefers-reduced-motion: reduce)').matches",
         "returnByValue": True}))
     assert result["result"]["value"] is True
