@@ -114,8 +114,10 @@ class Xvfb:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
+            # -noreset, as the stack's launcher: without it the server resets whenever its
+            # last client leaves, and a client connecting in that moment is cut off.
             ["Xvfb", self.name, "-screen", "0", f"{self.width}x{self.height}x24",
-             "-nolisten", "tcp", "-ac", *self.extra_args],
+             "-nolisten", "tcp", "-noreset", "-ac", *self.extra_args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         wait_until(self.answers, timeout=15, what=f"Xvfb {self.name} to answer")
